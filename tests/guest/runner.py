@@ -1,0 +1,223 @@
+"""Boots the test guest against a virtio-fs daemon and collects what both sides reported.
+
+One boot is: start the daemon on a fresh socket, wait for the socket to appear, start QEMU
+(TCG, no KVM needed) with a vhost-user-fs device on that socket, let the guest's /init mount
+the share, run the workload and power off, then wait for the daemon to exit on its own.
+Every wait has a deadline; whatever happens, both processes are gone when :func:`boot`
+returns or raises, so a broken daemon can never leave a test run hanging.
+
+The guest reports over the serial console with one line per fact:
+
+* ``RESULT <name> ok|fail [detail]``  -- a check the guest made itself;
+* ``VALUE <name> <text>``             -- something the host side compares afterwards;
+* ``GUEST-...``                       -- progress markers printed by /init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import image as guest_image
+
+RUST_REFERENCE = pathlib.Path(
+    os.environ.get("VIRTIOFSD_RUST_REFERENCE", "/var/tmp/virtiofsd-reference/rust-virtiofsd")
+)
+QEMU = os.environ.get("VIRTIOFSD_QEMU", "qemu-system-x86_64")
+GUEST_MEMORY_MIB = 512
+SOCKET_APPEAR_SECONDS = 30.0
+DAEMON_EXIT_SECONDS = 15.0
+SCRIPTS_DIR = pathlib.Path(__file__).resolve().parent / "scripts"
+
+
+class BootError(AssertionError):
+    """A boot did not complete; the message carries the console and daemon log tails."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestCheck:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class BootResult:
+    daemon: str
+    console: str
+    daemon_log: str
+    daemon_returncode: int | None
+    qemu_returncode: int
+    seconds: float
+    checks: list[GuestCheck]
+    values: dict[str, str]
+
+    def markers(self) -> list[str]:
+        return [line.strip() for line in self.console.splitlines() if line.startswith("GUEST-")]
+
+    def check(self, name: str) -> GuestCheck | None:
+        matching = [check for check in self.checks if check.name == name]
+        return matching[-1] if matching else None
+
+    def console_tail(self, lines: int = 40) -> str:
+        return tail(self.console, lines)
+
+
+def tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def daemon_command(name: str) -> list[str]:
+    """The argv prefix that starts the named daemon; both take the Rust virtiofsd's flags."""
+    if name == "ours":
+        return [sys.executable, "-m", "virtiofsd"]
+    if name == "rust":
+        if not os.access(RUST_REFERENCE, os.X_OK):
+            raise BootError(
+                f"the Rust reference daemon is not installed at {RUST_REFERENCE}; run "
+                "bash /work/shared/tools/reference-daemons.sh (or set VIRTIOFSD_GUEST_DAEMONS=ours)"
+            )
+        return [str(RUST_REFERENCE)]
+    raise ValueError(f"unknown daemon {name!r}: expected 'ours' or 'rust'")
+
+
+def guest_script(*names: str, prelude: str = "") -> str:
+    """Concatenates the shared shell helpers and the named workload scripts."""
+    parts = [(SCRIPTS_DIR / "lib.sh").read_text(), prelude]
+    parts += [(SCRIPTS_DIR / name).read_text() for name in names]
+    return "\n".join(parts)
+
+
+def parse_console(console: str) -> tuple[list[GuestCheck], dict[str, str]]:
+    checks: list[GuestCheck] = []
+    values: dict[str, str] = {}
+    for line in console.splitlines():
+        fields = line.rstrip("\r").split(" ", 3)
+        if fields[0] == "RESULT" and len(fields) >= 3 and fields[2] in ("ok", "fail"):
+            detail = fields[3] if len(fields) > 3 else ""
+            checks.append(GuestCheck(fields[1], fields[2] == "ok", detail))
+        elif fields[0] == "VALUE" and len(fields) >= 2:
+            values[fields[1]] = " ".join(fields[2:])
+    return checks, values
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_path: pathlib.Path,
+                 console_path: pathlib.Path) -> list[str]:
+    memory = f"{GUEST_MEMORY_MIB}M"
+    return [
+        QEMU, "-accel", "tcg", "-smp", "1", "-m", memory,
+        "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
+        "-numa", "node,memdev=mem",
+        "-chardev", f"socket,id=c0,path={socket_path}",
+        "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=c0,tag={guest_image.MOUNT_TAG}",
+        "-kernel", str(image.kernel), "-initrd", str(initramfs),
+        # panic=-1 turns a guest panic (e.g. /init dying) into an immediate reboot, which
+        # -no-reboot turns into QEMU exiting, so a broken guest fails fast instead of hanging.
+        "-append", "console=ttyS0 panic=-1 quiet",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-serial", f"file:{console_path}", "-no-reboot",
+    ]
+
+
+def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: list[str] = (),
+         wrapper: list[str] = (), timeout: float = 300.0,
+         log_dir: pathlib.Path | None = None) -> BootResult:
+    """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
+
+    ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
+    host syscalls).  ``log_dir`` receives console.log and daemon.log (kept for post-mortems); a private
+    temporary directory is used otherwise.  The socket always lives in a short /tmp path
+    because AF_UNIX paths are limited to 108 bytes.
+    """
+    command = daemon_command(daemon)
+    image = guest_image.build()
+    socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))
+    own_log_dir = log_dir is None
+    logs = pathlib.Path(tempfile.mkdtemp(prefix="vfs-logs-")) if own_log_dir else log_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    socket_path = socket_dir / "vhost.sock"
+    console_path = logs / "console.log"
+    daemon_log_path = logs / "daemon.log"
+    initramfs = guest_image.initramfs_with(image, script, socket_dir / "initramfs.cpio")
+    console_path.write_text("")
+
+    daemon_process = qemu_process = None
+    started = time.monotonic()
+
+    def read_logs() -> tuple[str, str]:
+        console = console_path.read_text(errors="replace") if console_path.exists() else ""
+        daemon_log = daemon_log_path.read_text(errors="replace") if daemon_log_path.exists() else ""
+        return console, daemon_log
+
+    def failure(reason: str) -> BootError:
+        console, daemon_log = read_logs()
+        return BootError(
+            f"{daemon} boot failed: {reason}\n--- guest console (tail) ---\n{tail(console, 40)}"
+            f"\n--- daemon log (tail) ---\n{tail(daemon_log, 40)}"
+        )
+
+    try:
+        with daemon_log_path.open("wb") as daemon_log_file:
+            daemon_process = subprocess.Popen(
+                [*wrapper, *command, "--socket-path", str(socket_path), "--shared-dir", str(shared_dir),
+                 *daemon_args],
+                stdin=subprocess.DEVNULL, stdout=daemon_log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + SOCKET_APPEAR_SECONDS
+        while not socket_path.exists():
+            if daemon_process.poll() is not None:
+                raise failure(f"daemon exited with {daemon_process.returncode} before listening")
+            if time.monotonic() > deadline:
+                raise failure(f"daemon did not create {socket_path} within {SOCKET_APPEAR_SECONDS} s")
+            time.sleep(0.05)
+
+        qemu_log_path = logs / "qemu.log"
+        with qemu_log_path.open("wb") as qemu_log_file:
+            qemu_process = subprocess.Popen(
+                qemu_command(image, initramfs, socket_path, console_path),
+                stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        remaining = timeout - (time.monotonic() - started)
+        try:
+            qemu_returncode = qemu_process.wait(timeout=max(remaining, 1.0))
+        except subprocess.TimeoutExpired:
+            raise failure(f"guest did not power off within {timeout:.0f} s") from None
+        if qemu_returncode != 0:
+            qemu_output = qemu_log_path.read_text(errors="replace")
+            raise failure(f"QEMU exited with {qemu_returncode}: {qemu_output.strip()}")
+
+        try:
+            daemon_returncode = daemon_process.wait(timeout=DAEMON_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            daemon_returncode = None
+        seconds = time.monotonic() - started
+        console, daemon_log = read_logs()
+        checks, values = parse_console(console)
+        return BootResult(daemon, console, daemon_log, daemon_returncode, qemu_returncode,
+                          seconds, checks, values)
+    finally:
+        for process in (qemu_process, daemon_process):
+            if process is not None:
+                _kill_group(process)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        if own_log_dir:
+            shutil.rmtree(logs, ignore_errors=True)
