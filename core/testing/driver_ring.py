@@ -80,9 +80,13 @@ class DriverQueue:
 
     The queue owns both eventfds; the front-end passes them to the daemon and the queue closes
     them in :meth:`close`.  ``event_idx`` must match what was negotiated in SET_FEATURES.
+    ``base`` is the starting value of both ring indices, the value SET_VRING_BASE must carry;
+    a base near 65535 makes the 16-bit wrap-around happen within a few requests.
     """
 
-    def __init__(self, memory: GuestMemory, size: int, *, event_idx: bool = False) -> None:
+    def __init__(
+        self, memory: GuestMemory, size: int, *, event_idx: bool = False, base: int = 0
+    ) -> None:
         if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
             raise ValueError(f"split queue size must be a power of two <= 32768, got {size}")
         self.size = size
@@ -98,9 +102,14 @@ class DriverQueue:
         self._avail_event_offset = _RING + 8 * size
         self._free: list[int] = list(range(size - 1, -1, -1))
         self._chains: dict[int, tuple[int, ...]] = {}
-        self._avail_idx = 0
-        self._kicked_avail_idx = 0
-        self._last_used_idx = 0
+        base &= 0xFFFF
+        self._avail_idx = base
+        self._kicked_avail_idx = base
+        self._last_used_idx = base
+        _U16.pack_into(self._avail, _IDX, base)
+        _U16.pack_into(self._used, _IDX, base)
+        if event_idx:
+            _U16.pack_into(self._avail, self._used_event_offset, base)
         self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.call_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poller = select.poll()
@@ -255,7 +264,9 @@ class DriverQueue:
         """Give indices from :meth:`take_descriptors` back once the device is done with them."""
         self._free.extend(indices)
 
-    def write_descriptor(self, index: int, addr: int, length: int, flags: int, next_index: int) -> None:
+    def write_descriptor(
+        self, index: int, addr: int, length: int, flags: int, next_index: int
+    ) -> None:
         """Write one raw descriptor; nothing is checked except that ``index`` is in the table."""
         DESCRIPTOR.pack_into(self._desc, 16 * index, addr, length, flags, next_index)
 

@@ -85,7 +85,9 @@ class VhostUserFrontend:
         self.backend_channel: socket.socket | None = None
 
     @classmethod
-    def connect(cls, socket_path: str | os.PathLike[str], *, timeout: float = 5.0) -> VhostUserFrontend:
+    def connect(
+        cls, socket_path: str | os.PathLike[str], *, timeout: float = 5.0
+    ) -> VhostUserFrontend:
         """Connect to a listening daemon, retrying until ``timeout`` while it starts up."""
         deadline = time.monotonic() + timeout
         while True:
@@ -97,7 +99,8 @@ class VhostUserFrontend:
                 sock.close()
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
-                        errno.ETIMEDOUT, f"no vhost-user listener at {socket_path} after {timeout:g}s"
+                        errno.ETIMEDOUT,
+                        f"no vhost-user listener at {socket_path} after {timeout:g}s",
                     ) from err
                 time.sleep(0.02)
                 continue
@@ -121,7 +124,14 @@ class VhostUserFrontend:
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
-    def send(self, request: int, payload: bytes = b"", fds: Sequence[int] = (), *, need_reply: bool = False) -> None:
+    def send(
+        self,
+        request: int,
+        payload: bytes = b"",
+        fds: Sequence[int] = (),
+        *,
+        need_reply: bool = False,
+    ) -> None:
         self.send_raw(vu.encode_request(request, payload, need_reply=need_reply), fds)
 
     def receive_reply(self, request: int) -> tuple[bytes, list[int]]:
@@ -173,7 +183,9 @@ class VhostUserFrontend:
         except vu.MalformedMessage as err:
             raise BackendProtocolError(f"ack for {vu.request_name(request)}: {err}") from err
         if status != 0:
-            raise BackendProtocolError(f"{vu.request_name(request)} was refused (status {status:#x})")
+            raise BackendProtocolError(
+                f"{vu.request_name(request)} was refused (status {status:#x})"
+            )
 
     def _receive_exact(self, size: int, *, with_fds: bool) -> tuple[bytes, list[int]]:
         chunks = []
@@ -193,7 +205,8 @@ class VhostUserFrontend:
             if not data:
                 _close_all(fds)
                 raise ConnectionResetError(
-                    errno.ECONNRESET, f"daemon closed the connection ({size - remaining}/{size} bytes read)"
+                    errno.ECONNRESET,
+                    f"daemon closed the connection ({size - remaining}/{size} bytes read)",
                 )
             chunks.append(data)
             remaining -= len(data)
@@ -208,7 +221,9 @@ class VhostUserFrontend:
                 if remaining <= 0:
                     return False
                 self.sock.settimeout(remaining)
-                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(_MAX_REPLY_FDS * 4))
+                data, ancillary, _, _ = self.sock.recvmsg(
+                    4096, socket.CMSG_SPACE(_MAX_REPLY_FDS * 4)
+                )
                 for level, kind, cmsg in ancillary:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                         _close_all(array.array("i", cmsg[: len(cmsg) - len(cmsg) % 4]))
@@ -232,11 +247,13 @@ class VhostUserFrontend:
         event_idx: bool = False,
         protocol_features: int = SUPPORTED_PROTOCOL_FEATURES,
         backend_channel: bool = True,
+        vring_base: int = 0,
     ) -> None:
         """Negotiate, hand over ``memory`` (default: a fresh :class:`GuestMemory`) and start
         ``num_queues`` queues of ``queue_size`` entries (queue 0 hiprio, then request queues).
 
         ``protocol_features`` is what we are willing to ack; the daemon's offer narrows it.
+        ``vring_base`` is the initial index of every ring (SET_VRING_BASE).
         """
         self.negotiate(protocol_features=protocol_features, backend_channel=backend_channel)
         wanted = VirtioFeature.VERSION_1 | VirtioFeature.PROTOCOL_FEATURES
@@ -249,15 +266,19 @@ class VhostUserFrontend:
                 f"(offer {self.offered_features:#x})"
             )
         if self.queue_num is not None and num_queues > self.queue_num:
-            raise BackendProtocolError(f"daemon supports {self.queue_num} queues, {num_queues} wanted")
+            raise BackendProtocolError(
+                f"daemon supports {self.queue_num} queues, {num_queues} wanted"
+            )
         self.set_features(wanted)
         self.set_mem_table(memory if memory is not None else GuestMemory())
         for index in range(num_queues):
-            self.setup_queue(index, queue_size)
+            self.setup_queue(index, queue_size, base=vring_base)
         for index in range(num_queues):
             self.set_vring_enable(index, True)
 
-    def negotiate(self, *, protocol_features: int = SUPPORTED_PROTOCOL_FEATURES, backend_channel: bool = True) -> None:
+    def negotiate(
+        self, *, protocol_features: int = SUPPORTED_PROTOCOL_FEATURES, backend_channel: bool = True
+    ) -> None:
         """The device-realize half of start-up: features, protocol features, owner."""
         self.offered_features = self.query_u64(Req.GET_FEATURES)
         if self.offered_features & VirtioFeature.PROTOCOL_FEATURES:
@@ -295,19 +316,21 @@ class VhostUserFrontend:
             vu.MemoryRegion(r.guest_phys_addr, r.size, r.userspace_addr, r.mmap_offset)
             for r in memory.regions
         ]
-        self.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [r.fd for r in memory.regions])
+        self.request(
+            Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [r.fd for r in memory.regions]
+        )
         self.memory = memory
 
-    def setup_queue(self, index: int, size: int) -> DriverQueue:
+    def setup_queue(self, index: int, size: int, *, base: int = 0) -> DriverQueue:
         """Allocate a ring in guest memory and describe it to the daemon (not yet enabled)."""
         if self.memory is None:
             raise RuntimeError("SET_MEM_TABLE must come before queues are set up")
         event_idx = bool(self.virtio_features & VirtioFeature.RING_EVENT_IDX)
-        queue = DriverQueue(self.memory, size, event_idx=event_idx)
+        queue = DriverQueue(self.memory, size, event_idx=event_idx, base=base)
         try:
             memory = self.memory
             self.request(Req.SET_VRING_NUM, vu.encode_vring_state(index, size))
-            self.request(Req.SET_VRING_BASE, vu.encode_vring_state(index, 0))
+            self.request(Req.SET_VRING_BASE, vu.encode_vring_state(index, base))
             addr = vu.VringAddr(
                 index=index,
                 flags=0,

@@ -34,7 +34,7 @@ USERSPACE_BASE = 0x7F00_0000_0000
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_REGION_SIZE = 64 * 1024 * 1024
+_DEFAULT_REGION_SIZE = 256 * 1024 * 1024
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,9 +59,9 @@ class GuestRegion:
 class GuestMemory:
     """A set of memfd regions plus a bump allocator over them.
 
-    ``region_sizes`` and ``base_gpas`` describe the layout; by default one 64 MiB region (memfd pages cost nothing until touched) at
-    GPA 1 MiB (not 0, so a back-end that treats GPA 0 as "unset" or forgets to subtract the
-    region base is caught).  Regions must not overlap.
+    ``region_sizes`` and ``base_gpas`` describe the layout.  The default is one 256 MiB region
+    (memfd pages cost nothing until touched) at GPA 1 MiB: not 0, so a back-end that treats
+    GPA 0 as "unset" or forgets to subtract the region base is caught.  Regions must not overlap.
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class GuestMemory:
             raise ValueError("need one base address per region")
         self.regions: list[GuestRegion] = []
         try:
-            for gpa, size in sorted(zip(base_gpas, region_sizes)):
+            for gpa, size in sorted(zip(base_gpas, region_sizes, strict=True)):
                 if self.regions and gpa < self.regions[-1].end:
                     raise ValueError(f"guest region at {gpa:#x} overlaps the previous one")
                 self.regions.append(_make_region(gpa, size))
@@ -136,8 +136,10 @@ class GuestMemory:
             try:
                 region.mapping.close()
             except BufferError:
-                log.debug("guest region %#x still viewed; unmapped when the last view goes",
-                          region.guest_phys_addr)
+                log.debug(
+                    "guest region %#x still viewed; unmapped when the last view goes",
+                    region.guest_phys_addr,
+                )
 
     def __enter__(self) -> GuestMemory:
         return self

@@ -145,6 +145,24 @@ class CpioWriter:
         return self._out.getvalue()
 
 
+def is_static_executable(executable: bytes) -> bool:
+    """Whether an x86-64 ELF executable has no program interpreter (needs no shared libraries).
+
+    The initramfs carries no libc, so a dynamically linked busybox (Debian's plain "busybox"
+    package rather than "busybox-static") would make /init fail to start.
+    """
+    if executable[:4] != b"\x7fELF" or executable[4] != 2:
+        return False
+    (phoff,) = struct.unpack_from("<Q", executable, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", executable, 0x36)
+    program_interpreter = 3
+    for index in range(phnum):
+        (segment_type,) = struct.unpack_from("<I", executable, phoff + index * phentsize)
+        if segment_type == program_interpreter:
+            return False
+    return True
+
+
 def module_depends(module_bytes: bytes) -> list[str]:
     """Returns a kernel module's "depends=" list, read from its ELF .modinfo section.
 
@@ -187,7 +205,7 @@ def read_module(path: pathlib.Path) -> bytes:
 
 
 def _run(argv: list[str], cwd: pathlib.Path | None = None) -> str:
-    completed = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    completed = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise ImageError(f"{' '.join(argv)} failed ({completed.returncode}): {completed.stderr.strip()}")
     return completed.stdout
@@ -272,6 +290,8 @@ def build(cache: pathlib.Path = DEFAULT_CACHE) -> GuestImage:
     """Returns the image for the current inputs, building it if the cache has none."""
     if not BUSYBOX.is_file():
         raise ImageError(f"{BUSYBOX} is missing; install busybox-static")
+    if not is_static_executable(BUSYBOX.read_bytes()):
+        raise ImageError(f"{BUSYBOX} is dynamically linked; install busybox-static")
     package = kernel_package_name()
     deb = fetch_kernel_package(cache, package)
     key_source = "\n".join(
@@ -309,11 +329,16 @@ def build(cache: pathlib.Path = DEFAULT_CACHE) -> GuestImage:
     return image
 
 
-def initramfs_with(image: GuestImage, script: str, destination: pathlib.Path) -> pathlib.Path:
-    """Writes the base initramfs followed by the workload archive to ``destination``."""
+def initramfs_with(image: GuestImage, script: str, destination: pathlib.Path,
+                   extra_files: dict[str, bytes] | None = None) -> pathlib.Path:
+    """Writes the base initramfs followed by the workload archive to ``destination``.
+
+    ``extra_files`` (name relative to the guest's /, contents) are added executable, for
+    workloads that bring their own tools.
+    """
     with destination.open("wb") as out:
         out.write(image.initramfs.read_bytes())
-        out.write(workload_archive(script))
+        out.write(workload_archive(script, extra_files))
     return destination
 
 

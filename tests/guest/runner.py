@@ -34,6 +34,7 @@ QEMU = os.environ.get("VIRTIOFSD_QEMU", "qemu-system-x86_64")
 GUEST_MEMORY_MIB = 512
 SOCKET_APPEAR_SECONDS = 30.0
 DAEMON_EXIT_SECONDS = 15.0
+DAEMON_DEATH_GRACE_SECONDS = 10.0
 SCRIPTS_DIR = pathlib.Path(__file__).resolve().parent / "scripts"
 
 
@@ -51,13 +52,13 @@ class GuestCheck:
 @dataclasses.dataclass
 class BootResult:
     daemon: str
-    console: str
-    daemon_log: str
+    console: str = dataclasses.field(repr=False)
+    daemon_log: str = dataclasses.field(repr=False)
     daemon_returncode: int | None
     qemu_returncode: int
     seconds: float
-    checks: list[GuestCheck]
-    values: dict[str, str]
+    checks: list[GuestCheck] = dataclasses.field(repr=False)
+    values: dict[str, str] = dataclasses.field(repr=False)
 
     def markers(self) -> list[str]:
         return [line.strip() for line in self.console.splitlines() if line.startswith("GUEST-")]
@@ -108,6 +109,11 @@ def parse_console(console: str) -> tuple[list[GuestCheck], dict[str, str]]:
     return checks, values
 
 
+# If the test process is killed outright (so no finally block runs), the kernel kills QEMU
+# and the daemon too instead of leaving them behind (util-linux setpriv, kept across exec).
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL"]
+
+
 def _kill_group(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
@@ -136,13 +142,34 @@ def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_
     ]
 
 
+def _wait_for_guest(qemu_process: subprocess.Popen, daemon_process: subprocess.Popen,
+                    started: float, timeout: float, failure) -> int:
+    """Waits for QEMU to exit; fails at the deadline, or soon after the daemon dies under a
+    running guest (QEMU then stays up with the guest stuck on the share until the deadline)."""
+    daemon_died_at = None
+    while True:
+        returncode = qemu_process.poll()
+        if returncode is not None:
+            return returncode
+        now = time.monotonic()
+        if daemon_died_at is None and daemon_process.poll() is not None:
+            daemon_died_at = now
+        if daemon_died_at is not None and now - daemon_died_at > DAEMON_DEATH_GRACE_SECONDS:
+            raise failure(f"daemon exited with {daemon_process.returncode} while the guest was running")
+        if now > started + timeout:
+            raise failure(f"guest did not power off within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: list[str] = (),
          wrapper: list[str] = (), timeout: float = 300.0,
-         log_dir: pathlib.Path | None = None) -> BootResult:
+         log_dir: pathlib.Path | None = None,
+         extra_files: dict[str, bytes] | None = None) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
-    host syscalls).  ``log_dir`` receives console.log and daemon.log (kept for post-mortems); a private
+    host syscalls).  ``extra_files`` go into the guest's / next to the workload script.
+    ``log_dir`` receives console.log and daemon.log (kept for post-mortems); a private
     temporary directory is used otherwise.  The socket always lives in a short /tmp path
     because AF_UNIX paths are limited to 108 bytes.
     """
@@ -151,13 +178,10 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
     socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))
     own_log_dir = log_dir is None
     logs = pathlib.Path(tempfile.mkdtemp(prefix="vfs-logs-")) if own_log_dir else log_dir
-    logs.mkdir(parents=True, exist_ok=True)
     socket_path = socket_dir / "vhost.sock"
     console_path = logs / "console.log"
     daemon_log_path = logs / "daemon.log"
-    initramfs = guest_image.initramfs_with(image, script, socket_dir / "initramfs.cpio")
-    console_path.write_text("")
-
+    qemu_log_path = logs / "qemu.log"
     daemon_process = qemu_process = None
     started = time.monotonic()
 
@@ -174,9 +198,12 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
         )
 
     try:
+        logs.mkdir(parents=True, exist_ok=True)
+        console_path.write_text("")
+        initramfs = guest_image.initramfs_with(image, script, socket_dir / "initramfs.cpio", extra_files)
         with daemon_log_path.open("wb") as daemon_log_file:
             daemon_process = subprocess.Popen(
-                [*wrapper, *command, "--socket-path", str(socket_path), "--shared-dir", str(shared_dir),
+                [*DIE_WITH_PARENT, *wrapper, *command, "--socket-path", str(socket_path), "--shared-dir", str(shared_dir),
                  *daemon_args],
                 stdin=subprocess.DEVNULL, stdout=daemon_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -189,18 +216,13 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
                 raise failure(f"daemon did not create {socket_path} within {SOCKET_APPEAR_SECONDS} s")
             time.sleep(0.05)
 
-        qemu_log_path = logs / "qemu.log"
         with qemu_log_path.open("wb") as qemu_log_file:
             qemu_process = subprocess.Popen(
-                qemu_command(image, initramfs, socket_path, console_path),
+                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path)],
                 stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        remaining = timeout - (time.monotonic() - started)
-        try:
-            qemu_returncode = qemu_process.wait(timeout=max(remaining, 1.0))
-        except subprocess.TimeoutExpired:
-            raise failure(f"guest did not power off within {timeout:.0f} s") from None
+        qemu_returncode = _wait_for_guest(qemu_process, daemon_process, started, timeout, failure)
         if qemu_returncode != 0:
             qemu_output = qemu_log_path.read_text(errors="replace")
             raise failure(f"QEMU exited with {qemu_returncode}: {qemu_output.strip()}")

@@ -1,0 +1,253 @@
+"""The FUSE request router: one descriptor chain in, one reply out, a plugin hook in between.
+
+:class:`FuseRouter` is the device handler the virtio-fs queue threads call.  For each chain it
+reads the FUSE header, decodes the arguments (:mod:`virtiofsd.fuse.codec`), calls the hook of
+the opcode and encodes what the hook returned into the chain's writable buffers.
+
+Answering policy:
+
+- ``FuseError``/``OSError`` from a hook -> ``-errno``; a hook no plugin answers (``None``) and
+  an opcode nobody serves -> ENOSYS; a request whose lengths lie -> EINVAL (and the daemon keeps
+  serving); any other exception is a bug: logged with its traceback, answered EIO.
+- Before the first successful INIT every request is answered EIO, as the C daemon does (the
+  Rust one lets them reach an empty inode table, which answers EBADF).
+- FORGET, BATCH_FORGET and INTERRUPT never get a reply, whatever happens.
+- What a hook returns becomes the reply body: an object's ``.encode()``, ``bytes`` as they are,
+  an ``int`` from WRITE as ``fuse_write_out``, an ``int`` from READ as the number of bytes the
+  plugin placed in the :class:`~virtiofsd.fuse.codec.ReplySink` (READ may return ``bytes``
+  too).  A body larger than the guest's buffers is answered ERANGE.
+- INIT is negotiated here (:func:`virtiofsd.fuse.session.negotiate`); the init hook is told
+  afterwards and may refuse by raising.  No init implementation at all means "accept": the
+  hook is a notification for plugins that keep per-session state.  DESTROY is answered OK
+  (header only, as the C daemon does) after the destroy hook ran.
+
+Concurrency: the hiprio queue (FORGETs) and the request queues call :meth:`handle_chain` from
+their own threads.  Ordinary requests take no lock: they read the current session once and keep
+it.  INIT, DESTROY and :meth:`reset` replace the session under a lock, so two of them never
+interleave; the guest sends nothing else while its INIT is unanswered or after DESTROY.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from virtiofsd.errors import FuseError, GuestProtocolError
+from virtiofsd.fuse import abi, codec
+from virtiofsd.fuse.context import Request
+from virtiofsd.fuse.replies import WriteReply
+from virtiofsd.fuse.session import FuseSession, negotiate
+
+log = logging.getLogger(__name__)
+
+Op = abi.Opcode
+_NO_REPLY = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT))
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _opcode_name(opcode: int) -> str:
+    try:
+        return Op(opcode).name
+    except ValueError:
+        return f"opcode {opcode}"
+
+
+class FuseRouter:
+    """Serves FUSE requests from descriptor chains with the hooks of ``pm``.
+
+    :param pm: the plugin manager (its hooks are resolved once, here).
+    :param config: the :class:`virtiofsd.config.Config`, for INIT negotiation.
+    """
+
+    def __init__(self, pm: Any, config: Any) -> None:
+        self._config = config
+        self._session = FuseSession()
+        self._lifecycle = threading.Lock()
+        self._init_hook = pm.hook.virtiofsd_fuse_init
+        self._destroy_hook = pm.hook.virtiofsd_fuse_destroy
+        #: Read once: the per-request debug line costs nothing when debugging is off.  The
+        #: daemon sets its log level before it builds the router.
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        #: opcode -> (operation, hook caller), built once.
+        self._table = {opcode: (operation, getattr(pm.hook, operation.hook_name))
+                       for opcode, operation in codec.OPERATIONS.items()}
+
+    @property
+    def session(self) -> FuseSession:
+        """The session requests currently run in (uninitialized before INIT)."""
+        return self._session
+
+    def reset(self) -> None:
+        """Device reset or front-end disconnect: end the FUSE session as DESTROY would.
+
+        A failing destroy hook is logged with its traceback; the session ends regardless, so
+        the next guest starts with INIT.
+        """
+        with self._lifecycle:
+            try:
+                self._end_session(Request(0, Op.DESTROY, 0, 0, 0, 0, self._session))
+            except Exception:
+                log.exception("the destroy hook failed during a device reset")
+
+    def handle_chain(self, queue_index: int, readable: Sequence[memoryview],
+                     writable: Sequence[memoryview]) -> int:
+        """Serve the request in ``readable``, reply into ``writable``.
+
+        :returns: the number of bytes written into ``writable`` (0 when no reply is due or none
+            can be written).
+        """
+        try:
+            header = codec.read_header(readable)
+        except GuestProtocolError as exc:
+            log.warning("queue %d: dropping a request without a FUSE header: %s", queue_index,
+                        exc)
+            return 0
+        opcode = header[1]
+        unique = header[2]
+        if self._debug:
+            log.debug("queue %d: %s unique=%d nodeid=%d len=%d", queue_index,
+                      _opcode_name(opcode), unique, header[3], header[0])
+        if opcode in _NO_REPLY:
+            self._serve_without_reply(queue_index, readable, header)
+            return 0
+        session = self._session
+        if opcode == Op.INIT:
+            return self._init(readable, writable, header)
+        if not session.initialized:
+            return codec.write_error(writable, unique, errno.EIO)
+        if opcode == Op.DESTROY:
+            return self._destroy(readable, writable, header)
+        entry = self._table.get(opcode)
+        if entry is None:
+            return codec.write_error(writable, unique, errno.ENOSYS)
+        operation, hook = entry
+        try:
+            req, kwargs = codec.decode_request(readable, header, operation, session)
+            if opcode == Op.READ:
+                sink = codec.ReplySink(writable)
+                result = hook(req=req, sink=sink, **kwargs)
+                return self._read_reply(writable, unique, result, sink)
+            result = hook(req=req, **kwargs)
+        except GuestProtocolError as exc:
+            log.warning("malformed %s (unique %d): %s", _opcode_name(opcode), unique, exc)
+            return codec.write_error(writable, unique, errno.EINVAL)
+        except (FuseError, OSError) as exc:
+            return codec.write_error(writable, unique, exc.errno or errno.EIO)
+        except Exception:
+            log.exception("%s (unique %d) failed", _opcode_name(opcode), unique)
+            return codec.write_error(writable, unique, errno.EIO)
+        return self._reply(writable, unique, opcode, result)
+
+    def _reply(self, writable: Sequence[memoryview], unique: int, opcode: int,
+               result: Any) -> int:
+        if result is None:
+            return codec.write_error(writable, unique, errno.ENOSYS)
+        if isinstance(result, _BYTES_LIKE):
+            body = result
+        elif isinstance(result, int) and opcode == Op.WRITE:
+            body = WriteReply(result).encode()
+        else:
+            encode = getattr(result, "encode", None)
+            if encode is None:
+                log.error("%s (unique %d): a hook returned %r, which is not a reply",
+                          _opcode_name(opcode), unique, result)
+                return codec.write_error(writable, unique, errno.EIO)
+            body = encode()
+        written = codec.write_reply(writable, unique, body)
+        if written != codec.OUT_HEADER_SIZE + len(body):
+            log.warning("%s (unique %d): reply of %d bytes does not fit %d writable bytes",
+                        _opcode_name(opcode), unique, len(body),
+                        sum(len(view) for view in writable))
+        return written
+
+    def _read_reply(self, writable: Sequence[memoryview], unique: int, result: Any,
+                    sink: codec.ReplySink) -> int:
+        if type(result) is not int:
+            return self._reply(writable, unique, Op.READ, result)
+        if not 0 <= result <= sink.offered:
+            log.error("READ (unique %d): the hook returned %r with %d bytes of buffers given",
+                      unique, result, sink.offered)
+            return codec.write_error(writable, unique, errno.EIO)
+        total = codec.OUT_HEADER_SIZE + result
+        if not codec.write_header(writable, unique, 0, total):
+            return 0
+        return total
+
+    def _serve_without_reply(self, queue_index: int, readable: Sequence[memoryview],
+                             header: tuple[int, ...]) -> None:
+        """FORGET, BATCH_FORGET, INTERRUPT: act, never answer (the guest waits for nothing)."""
+        opcode = header[1]
+        session = self._session
+        if opcode == Op.INTERRUPT or not session.initialized:
+            return
+        operation, hook = self._table[opcode]
+        try:
+            req, kwargs = codec.decode_request(readable, header, operation, session)
+            hook(req=req, **kwargs)
+        except (GuestProtocolError, FuseError, OSError) as exc:
+            log.warning("queue %d: %s (unique %d) dropped: %s", queue_index,
+                        _opcode_name(opcode), header[2], exc)
+        except Exception:
+            log.exception("queue %d: %s (unique %d) failed", queue_index, _opcode_name(opcode),
+                          header[2])
+
+    def _init(self, readable: Sequence[memoryview], writable: Sequence[memoryview],
+              header: tuple[int, ...]) -> int:
+        """Negotiate and tell the plugins; a well-formed INIT first ends any running session."""
+        unique = header[2]
+        with self._lifecycle:
+            try:
+                req, fields = codec.decode_request(readable, header, codec.INIT, self._session)
+                if self._session.initialized:
+                    log.info("the guest sent INIT again: resetting the FUSE session")
+                    self._end_session(req)
+                session, body = negotiate(config=self._config, **fields)
+                if session.initialized:
+                    req.session = session
+                    self._init_hook(req=req, session=session)
+                    self._session = session
+                    log.info("FUSE session started: guest %d.%d, we %d.%d, flags %#x",
+                             fields["major"], fields["minor"], session.major,
+                             abi.KERNEL_MINOR_VERSION, session.flags)
+            except GuestProtocolError as exc:
+                log.warning("malformed INIT (unique %d): %s", unique, exc)
+                return codec.write_error(writable, unique, errno.EINVAL)
+            except (FuseError, OSError) as exc:
+                log.warning("INIT refused (unique %d): %s", unique, exc)
+                return codec.write_error(writable, unique, exc.errno or errno.EIO)
+            except Exception:
+                log.exception("INIT (unique %d) failed", unique)
+                return codec.write_error(writable, unique, errno.EIO)
+        return codec.write_reply(writable, unique, body)
+
+    def _destroy(self, readable: Sequence[memoryview], writable: Sequence[memoryview],
+                 header: tuple[int, ...]) -> int:
+        """The guest unmounted: end the session and answer OK (header only, as C does)."""
+        unique = header[2]
+        with self._lifecycle:
+            session = self._session
+            req = Request(unique, Op.DESTROY, header[3], header[4], header[5], header[6],
+                          session)
+            try:
+                self._end_session(req)
+            except (FuseError, OSError) as exc:
+                return codec.write_error(writable, unique, exc.errno or errno.EIO)
+            except Exception:
+                log.exception("DESTROY (unique %d) failed", unique)
+                return codec.write_error(writable, unique, errno.EIO)
+        return codec.write_reply(writable, unique, b"")
+
+    def _end_session(self, req: Request) -> None:
+        """Forget the session, then let the plugins drop their state (caller holds the lock).
+
+        The session is uninitialized before the hook runs, so a failing hook still leaves the
+        router waiting for a fresh INIT.
+        """
+        was_initialized = self._session.initialized
+        self._session = FuseSession()
+        if was_initialized:
+            self._destroy_hook(req=req)
+

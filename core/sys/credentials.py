@@ -1,0 +1,87 @@
+"""Run a block as another user, in the calling thread only.
+
+Creation operations (CREATE, MKNOD, MKDIR, SYMLINK) run with the guest caller's uid and gid, so
+that the new inode is owned by that user on the host and the host kernel checks the parent
+folder's permissions as that user.  The switch uses the raw system calls of
+:mod:`virtiofsd.sys.ffi`, which change only the calling thread: other requests served at the
+same time keep running as the daemon.
+
+Kernel facts this relies on:
+
+- Only the effective ids change (``setresuid(-1, uid, -1)``): the real and saved ids stay 0, which
+  is what allows switching back.  The file-system ids follow the effective ones.
+- Moving the effective uid from 0 to another value clears the thread's effective capabilities
+  (so CAP_DAC_OVERRIDE no longer bypasses permission checks); moving it back to 0 restores them
+  from the permitted set.
+- The gid must change before the uid (changing gid needs CAP_SETGID, lost with uid 0), and the
+  uid must come back first.
+
+As the Rust daemon does, an id is left alone when the target is 0 (the daemon's own) or already
+the current one, so requests from guest root cost no system call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator, Sequence
+
+from virtiofsd.sys import ffi
+
+log = logging.getLogger(__name__)
+
+_KEEP = ffi.UNCHANGED
+
+
+@contextlib.contextmanager
+def thread_credentials(uid: int, gid: int, groups: Sequence[int] = ()) -> Iterator[None]:
+    """Switch the calling thread's effective ``gid`` then ``uid`` (and its supplementary
+    ``groups`` when given) for the duration of the block; restore them on the way out.
+
+    :raises OSError: a switch was refused; whatever was already changed is restored first.
+    """
+    current_uid = os.geteuid()
+    current_gid = os.getegid()
+    change_uid = uid != 0 and uid != current_uid
+    change_gid = gid != 0 and gid != current_gid
+    change_groups = bool(groups)
+    if not (change_uid or change_gid or change_groups):
+        yield
+        return
+
+    saved_groups = os.getgroups() if change_groups else None
+    switched_groups = switched_gid = False
+    try:
+        if change_groups:
+            ffi.setgroups_thread(groups)
+            switched_groups = True
+        if change_gid:
+            ffi.setresgid_thread(_KEEP, gid, _KEEP)
+            switched_gid = True
+        if change_uid:
+            ffi.setresuid_thread(_KEEP, uid, _KEEP)
+    except BaseException:
+        _restore(None, current_gid if switched_gid else None,
+                 saved_groups if switched_groups else None)
+        raise
+    try:
+        yield
+    finally:
+        _restore(current_uid if change_uid else None, current_gid if change_gid else None,
+                 saved_groups)
+
+
+def _restore(uid: int | None, gid: int | None, groups: list[int] | None) -> None:
+    """Undo a switch, uid first.  A failure here leaves the thread running as the guest user,
+    which must never pass silently: it is logged and raised."""
+    try:
+        if uid is not None:
+            ffi.setresuid_thread(_KEEP, uid, _KEEP)
+        if gid is not None:
+            ffi.setresgid_thread(_KEEP, gid, _KEEP)
+        if groups is not None:
+            ffi.setgroups_thread(groups)
+    except OSError:
+        log.critical("could not restore the thread's credentials (uid %s, gid %s)", uid, gid)
+        raise

@@ -1,0 +1,56 @@
+"""What a virtio-fs device needs from the layer above it, and its config space.
+
+The virtqueue machinery (:mod:`virtiofsd.io.daemon` driving :class:`SplitQueue`) knows nothing
+about FUSE.  It hands every descriptor chain to a :class:`ChainHandler` and completes the
+chain with the byte count the handler returns.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Protocol
+
+__all__ = [
+    "ChainHandler",
+    "HIPRIO_QUEUE_INDEX",
+    "VIRTIO_FS_CONFIG",
+    "VIRTIO_FS_TAG_SIZE",
+    "virtio_fs_config",
+]
+
+#: Queue 0 is the high-priority queue (FORGET, INTERRUPT); queues 1..n carry requests.
+HIPRIO_QUEUE_INDEX = 0
+
+VIRTIO_FS_TAG_SIZE = 36
+#: struct virtio_fs_config: tag[36] (UTF-8, NUL-padded, not necessarily terminated),
+#: le32 num_request_queues.
+VIRTIO_FS_CONFIG = struct.Struct(f"<{VIRTIO_FS_TAG_SIZE}sI")
+
+
+class ChainHandler(Protocol):
+    """Processes the requests of a virtio-fs device; implemented by the FUSE layer."""
+
+    def handle_chain(
+        self, queue_index: int, readable: list[memoryview], writable: list[memoryview]
+    ) -> int:
+        """Handle one request and return how many bytes were written into ``writable``.
+
+        ``readable`` holds the request (device-readable buffers, in order); ``writable`` the
+        room for the reply.  The views are only valid until this call returns: copy what must
+        outlive it.  Called from the queue's worker thread; different queues run concurrently.
+        Raising ``GuestProtocolError`` means the request was malformed; any other exception is
+        a bug.  Either way the chain is completed with 0 bytes and serving goes on.
+        """
+        ...
+
+    def reset(self) -> None:
+        """Forget all per-session state: the front-end reset the device or disconnected."""
+        ...
+
+
+def virtio_fs_config(tag: str, num_request_queues: int) -> bytes:
+    """The device config space; the tag must fit in 36 bytes of UTF-8."""
+    encoded = tag.encode("utf-8")
+    if not encoded or len(encoded) > VIRTIO_FS_TAG_SIZE:
+        raise ValueError(f"virtio-fs tag must be 1 to {VIRTIO_FS_TAG_SIZE} bytes of UTF-8: {tag!r}")
+    return VIRTIO_FS_CONFIG.pack(encoded, num_request_queues)

@@ -1,0 +1,1 @@
+"""Live migration strategies (``--migration-mode``), see issue 8."""

@@ -1,0 +1,89 @@
+"""The open-file table: FUSE file handles (``fh``) -> host descriptors opened for I/O.
+
+OPEN, CREATE and OPENDIR add a handle; RELEASE and RELEASEDIR remove it; DESTROY drops them all.
+A handle belongs to the node id it was opened for, and every use checks that pairing: a guest
+naming another node's handle gets EBADF, as from the Rust daemon.
+
+As in the inode store, the descriptor is owned by the :class:`OpenHandle` object and closed when
+the last reference is gone, not when RELEASE removes it from the table: a READ running in
+another thread keeps its descriptor valid until it returns, and the number cannot be reused by
+an unrelated open meanwhile.
+
+Each handle has a lock for the operations that use the descriptor's file position (READDIR's
+lseek + getdents64, LSEEK).  READ and WRITE use positioned I/O and take no lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import threading
+
+from virtiofsd.errors import FuseError
+
+log = logging.getLogger(__name__)
+
+
+class OpenHandle:
+    """One open host file or folder."""
+
+    __slots__ = ("fh", "nodeid", "fd", "lock")
+
+    def __init__(self, fh: int, nodeid: int, fd: int) -> None:
+        self.fh = fh
+        self.nodeid = nodeid
+        self.fd = fd
+        #: Serializes users of the descriptor's file position.
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OpenHandle(fh={self.fh}, nodeid={self.nodeid}, fd={self.fd})"
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError as exc:
+            log.error("closing the descriptor of handle %d failed: %s", self.fh, exc)
+
+
+class HandleTable:
+    """``fh`` -> :class:`OpenHandle`; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._handles: dict[int, OpenHandle] = {}
+
+    def insert(self, nodeid: int, fd: int) -> int:
+        """Take ownership of ``fd``, opened for ``nodeid``; :returns: its new handle."""
+        with self._lock:
+            fh = next(self._ids)
+            self._handles[fh] = OpenHandle(fh, nodeid, fd)
+        return fh
+
+    def get(self, fh: int, nodeid: int) -> OpenHandle:
+        """:raises FuseError: EBADF when ``fh`` is not open or belongs to another node."""
+        handle = self._handles.get(fh)
+        if handle is None or handle.nodeid != nodeid:
+            raise FuseError(errno.EBADF, f"no open handle {fh} for node {nodeid}")
+        return handle
+
+    def remove(self, fh: int, nodeid: int) -> None:
+        """Forget ``fh`` (its descriptor closes once no operation uses it any more).
+
+        :raises FuseError: EBADF when ``fh`` is not open or belongs to another node.
+        """
+        with self._lock:
+            handle = self._handles.get(fh)
+            if handle is None or handle.nodeid != nodeid:
+                raise FuseError(errno.EBADF, f"no open handle {fh} for node {nodeid}")
+            del self._handles[fh]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._handles = {}
+
+    def __len__(self) -> int:
+        return len(self._handles)

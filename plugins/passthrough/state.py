@@ -1,0 +1,175 @@
+"""What every passthrough operation shares: the inode store, the open-file table, the
+configuration, and the primitives built on them (lookup, reopen, open flags).
+
+Two kernel facts shape these primitives:
+
+- An inode is an O_PATH descriptor.  It can serve as ``dir_fd``, be ``fstat``-ed and
+  ``fstatvfs``-ed, but not read, written, chmod-ed or truncated.  For those it is reopened through
+  its magic link ``/proc/self/fd/N``, which yields a real open of the same inode with new flags.
+  That reopen follows the inode whatever it is, so it is allowed for regular files and folders
+  only (:attr:`Inode.reopenable`).
+- ``/proc/self/fd`` is opened once, as a descriptor, and every magic link is reached relative to
+  it (``openat(proc_self_fd, "N")``): once the namespace sandbox has replaced ``/proc`` by a bind
+  mount of the fd folder, ``/proc/self/fd/N`` as a path no longer exists.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import Any
+
+from virtiofsd.config import CacheMode
+from virtiofsd.errors import ConfigError, FuseError
+from virtiofsd.fuse import abi
+from virtiofsd.fuse.replies import EntryReply, OpenReply
+from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
+from virtiofsd_plugins.passthrough.handles import HandleTable
+
+log = logging.getLogger(__name__)
+
+#: Guest open flags that never reach a reopen: O_APPEND is applied per write (RWF_APPEND) so a
+#: cached or mmap write lands at the offset the guest chose; creation flags belong to CREATE; the
+#: magic link must be followed; an O_PATH handle could do no I/O.
+_STRIPPED_OPEN_FLAGS = os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_PATH
+
+#: Open reply flags per cache mode (the Rust daemon's): (files, folders).
+_CACHE_OPEN_FLAGS = {
+    CacheMode.NEVER: (abi.FOPEN_DIRECT_IO, 0),
+    CacheMode.METADATA: (abi.FOPEN_DIRECT_IO, abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE),
+    CacheMode.ALWAYS: (abi.FOPEN_KEEP_CACHE, abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR),
+    CacheMode.AUTO: (0, 0),
+}
+
+_PROC_FD_CANDIDATES = ("/proc/self/fd", "/proc")
+_SUBMOUNTS = int(abi.InitFlag.SUBMOUNTS)
+_WRITEBACK_CACHE = int(abi.InitFlag.WRITEBACK_CACHE)
+
+
+def open_proc_self_fd() -> int:
+    """An O_PATH descriptor of this process's fd folder.
+
+    ``/proc/self/fd`` normally; ``/proc`` inside the namespace sandbox, where the fd folder is
+    bind-mounted over ``/proc``.  A candidate is accepted only when its entry named after its own
+    descriptor leads back to itself, which is true of the fd folder and false of a real ``/proc``
+    (where a number names a process).
+
+    :raises ConfigError: no candidate is the fd folder.
+    """
+    for path in _PROC_FD_CANDIDATES:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            own = os.stat(fd)
+            through_link = os.stat(str(fd), dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            continue
+        if (own.st_dev, own.st_ino) == (through_link.st_dev, through_link.st_ino):
+            return fd
+        os.close(fd)
+    raise ConfigError("cannot find this process's fd folder (/proc/self/fd): is /proc mounted?")
+
+
+class PassthroughState:
+    """The state of one passthrough file system, shared by its operation objects."""
+
+    def __init__(self, config: Any, inodes: Any, proc_self_fd: int) -> None:
+        """Take ownership of ``inodes`` (an inode store) and ``proc_self_fd``."""
+        self.config = config
+        self.inodes = inodes
+        self.handles = HandleTable()
+        self.proc_self_fd = proc_self_fd
+        self.timeout = config.timeout
+        self.file_open_flags, self.dir_open_flags = _CACHE_OPEN_FLAGS[CacheMode(config.cache)]
+        self._cleared_open_flags = _STRIPPED_OPEN_FLAGS
+        if not config.preserve_noatime:
+            # O_NOATIME fails with EPERM on files the daemon's user does not own.
+            self._cleared_open_flags |= os.O_NOATIME
+        if not config.allow_direct_io:
+            self._cleared_open_flags |= os.O_DIRECT
+        self._announce_submounts = config.announce_submounts
+        # The guest already applied its umask to every mode it sends; the daemon's own must not
+        # mask them again (the Rust daemon sets it to 0 as well).
+        self._saved_umask = os.umask(0)
+
+    @classmethod
+    def create(cls, config: Any, inodes: Any) -> PassthroughState:
+        return cls(config, inodes, open_proc_self_fd())
+
+    # --- Inodes --------------------------------------------------------------------------------
+
+    def lookup(self, req: Any, parent: Inode, name: bytes) -> EntryReply:
+        """Open ``name`` (already validated) in ``parent`` as an O_PATH descriptor without
+        following a symlink, and count one lookup of the inode it reaches."""
+        return self.entry_for_fd(req, parent, os.open(name, O_PATH_FLAGS, dir_fd=parent.fd))
+
+    def entry_for_fd(self, req: Any, parent: Inode, path_fd: int) -> EntryReply:
+        """Count one lookup of the inode of ``path_fd`` (an O_PATH descriptor, whose ownership
+        passes to the store) and describe it to the guest.  The attributes come from ``fstat``
+        of that descriptor, never from a name that could meanwhile point elsewhere."""
+        try:
+            st = os.stat(path_fd)
+        except BaseException:
+            os.close(path_fd)
+            raise
+        inode = self.inodes.claim_or_insert(path_fd, st)
+        attr_flags = 0
+        if (inode.key.dev != parent.key.dev and inode.is_dir and self._announce_submounts
+                and req.session.flags & _SUBMOUNTS):
+            attr_flags = abi.ATTR_SUBMOUNT
+        return EntryReply(inode.nodeid, st, self.timeout, self.timeout, 0, attr_flags)
+
+    def reopen(self, inode: Inode, flags: int) -> int:
+        """A new descriptor of ``inode`` opened with ``flags`` through its magic link.
+
+        :raises FuseError: EBADF for anything but a regular file or a folder (as the Rust
+            daemon answers): never open a FIFO, device or socket of the host this way.
+        """
+        if not inode.reopenable:
+            raise FuseError(errno.EBADF, f"node {inode.nodeid} is not a regular file or folder")
+        return os.open(str(inode.fd), flags, dir_fd=self.proc_self_fd)
+
+    # --- Opening -------------------------------------------------------------------------------
+
+    def host_open_flags(self, guest_flags: int, session_flags: int) -> int:
+        """The flags to reopen with, from the guest's ``open(2)`` flags.
+
+        With the write-back cache the guest kernel reads pages of files opened write-only, so
+        O_WRONLY becomes O_RDWR.
+        """
+        flags = guest_flags & ~self._cleared_open_flags
+        if session_flags & _WRITEBACK_CACHE and flags & os.O_ACCMODE == os.O_WRONLY:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags | os.O_CLOEXEC
+
+    def open_handle(self, req: Any, inode: Inode, guest_flags: int, directory: bool) -> OpenReply:
+        """Reopen ``inode`` for I/O and add it to the open-file table."""
+        flags = self.host_open_flags(guest_flags, req.session.flags)
+        if directory:
+            flags |= os.O_DIRECTORY
+        fd = self.reopen(inode, flags)
+        fh = self.handles.insert(inode.nodeid, fd)
+        is_dir = flags & os.O_DIRECTORY
+        return OpenReply(fh, self.dir_open_flags if is_dir else self.file_open_flags)
+
+    # --- Life cycle ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Drop every handle and every inode but the root (DESTROY, a second INIT)."""
+        self.handles.clear()
+        self.inodes.clear()
+
+    def close(self) -> None:
+        """Release everything and give the process its umask back; the daemon stops.  A second
+        call does nothing."""
+        if self.proc_self_fd < 0:
+            return
+        self.handles.clear()
+        self.inodes.close()
+        os.close(self.proc_self_fd)
+        self.proc_self_fd = -1
+        os.umask(self._saved_umask)

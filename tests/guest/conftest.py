@@ -1,0 +1,66 @@
+"""Selects which daemons the real-guest tests run against, and checks the host can boot a guest.
+
+``--guest-daemons ours,rust`` (or the environment variable VIRTIOFSD_GUEST_DAEMONS) lists
+the daemons; every test that takes the ``daemon_name`` fixture runs once per daemon, and the
+per-daemon boot fixtures are module-scoped so each workload boots once per daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from . import runner
+
+KNOWN_DAEMONS = ("ours", "rust")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--guest-daemons",
+        default=os.environ.get("VIRTIOFSD_GUEST_DAEMONS", "ours,rust"),
+        help="comma-separated daemons the real-guest tests boot against: ours, rust "
+             "(default: $VIRTIOFSD_GUEST_DAEMONS or 'ours,rust')",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A CI timeout sends SIGTERM; turning it into KeyboardInterrupt lets the boot's finally
+    # blocks kill QEMU and the daemon and remove the temporary directories.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def selected_daemons(config: pytest.Config) -> list[str]:
+    names = [name.strip() for name in config.getoption("--guest-daemons").split(",") if name.strip()]
+    unknown = [name for name in names if name not in KNOWN_DAEMONS]
+    if unknown:
+        raise pytest.UsageError(f"--guest-daemons: unknown {unknown}; choose from {KNOWN_DAEMONS}")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "daemon_name" in metafunc.fixturenames:
+        metafunc.parametrize("daemon_name", selected_daemons(metafunc.config), scope="module")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.guest)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def guest_host_ready() -> None:
+    """Fails early, with the fix, when the host lacks what a boot needs."""
+    missing = [tool for tool in (runner.QEMU, "apt-get", "dpkg-deb") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"real-guest tests need {missing}; run scripts/install-deps.sh")
