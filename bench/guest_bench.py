@@ -236,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         return f"{seconds:8.3f} s {count / seconds:10.1f} {unit}" if seconds > 0 else f"{seconds} s"
 
     label_width = max(len(label) for _, label, _ in PHASES) + 2
-    header = f"{'phase':<{label_width}}" + "".join(f"{name:>28}" for name in daemons)
+    header = f"{'phase':<{label_width}}" + "".join(f"{name:>30}" for name in daemons)
     comparing = {"ours", "rust"} <= set(daemons)
     print(header + (f"{'time ours/rust':>16}" if comparing else ""))
     for operation, label, unit in PHASES:
-        row = f"{label:<{label_width}}" + "".join(f"{cell(name, operation, unit):>28}" for name in daemons)
+        row = f"{label:<{label_width}}" + "".join(f"{cell(name, operation, unit):>30}" for name in daemons)
         if comparing:
             ours, rust = results["ours"].get(operation), results["rust"].get(operation)
             ratio = f"{ours[1] / rust[1]:.2f}x" if ours and rust and rust[1] > 0 else "n/a"

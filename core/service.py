@@ -92,7 +92,8 @@ def run(config: Config) -> int:
             connection = accept_one(listener, f"vhost-user socket {where}")
             listener.close()
             try:
-                clean = serve_connection(connection, router, tag=config.tag)
+                clean = serve_connection(connection, router, tag=config.tag,
+                                         thread_pool_size=config.thread_pool_size)
             finally:
                 connection.close()
             if not clean:

@@ -40,6 +40,7 @@ from virtiofsd.fuse import abi, codec
 from virtiofsd.fuse.context import Request
 from virtiofsd.fuse.replies import WriteReply
 from virtiofsd.fuse.session import FuseSession, negotiate
+from virtiofsd.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class FuseRouter:
         #: Read once: the per-request debug line costs nothing when debugging is off.  The
         #: daemon sets its log level before it builds the router.
         self._debug = log.isEnabledFor(logging.DEBUG)
+        #: What the guest gets wrong is logged through this, so it cannot flood the log.
+        self._guest_errors = RateLimitedLog(log, level=logging.WARNING)
         #: opcode -> (operation, hook caller), built once.
         self._table = {opcode: (operation, getattr(pm.hook, operation.hook_name))
                        for opcode, operation in codec.OPERATIONS.items()}
@@ -102,8 +105,8 @@ class FuseRouter:
         try:
             header = codec.read_header(readable)
         except GuestProtocolError as exc:
-            log.warning("queue %d: dropping a request without a FUSE header: %s", queue_index,
-                        exc)
+            self._guest_errors.error("queue %d: dropping a request without a FUSE header: %s",
+                                     queue_index, str(exc))
             return 0
         opcode = header[1]
         unique = header[2]
@@ -132,7 +135,8 @@ class FuseRouter:
                 return self._read_reply(writable, unique, result, sink)
             result = hook(req=req, **kwargs)
         except GuestProtocolError as exc:
-            log.warning("malformed %s (unique %d): %s", _opcode_name(opcode), unique, exc)
+            self._guest_errors.error("malformed %s (unique %d): %s", _opcode_name(opcode),
+                                     unique, str(exc))
             return codec.write_error(writable, unique, errno.EINVAL)
         except (FuseError, OSError) as exc:
             return codec.write_error(writable, unique, exc.errno or errno.EIO)
@@ -158,9 +162,9 @@ class FuseRouter:
             body = encode()
         written = codec.write_reply(writable, unique, body)
         if written != codec.OUT_HEADER_SIZE + len(body):
-            log.warning("%s (unique %d): reply of %d bytes does not fit %d writable bytes",
-                        _opcode_name(opcode), unique, len(body),
-                        sum(len(view) for view in writable))
+            self._guest_errors.error("%s (unique %d): reply of %d bytes does not fit %d "
+                                     "writable bytes", _opcode_name(opcode), unique, len(body),
+                                     sum(len(view) for view in writable))
         return written
 
     def _read_reply(self, writable: Sequence[memoryview], unique: int, result: Any,
@@ -188,8 +192,8 @@ class FuseRouter:
             req, kwargs = codec.decode_request(readable, header, operation, session)
             hook(req=req, **kwargs)
         except (GuestProtocolError, FuseError, OSError) as exc:
-            log.warning("queue %d: %s (unique %d) dropped: %s", queue_index,
-                        _opcode_name(opcode), header[2], exc)
+            self._guest_errors.error("queue %d: %s (unique %d) dropped: %s", queue_index,
+                                     _opcode_name(opcode), header[2], str(exc))
         except Exception:
             log.exception("queue %d: %s (unique %d) failed", queue_index, _opcode_name(opcode),
                           header[2])
@@ -213,10 +217,10 @@ class FuseRouter:
                              fields["major"], fields["minor"], session.major,
                              abi.KERNEL_MINOR_VERSION, session.flags)
             except GuestProtocolError as exc:
-                log.warning("malformed INIT (unique %d): %s", unique, exc)
+                self._guest_errors.error("malformed INIT (unique %d): %s", unique, str(exc))
                 return codec.write_error(writable, unique, errno.EINVAL)
             except (FuseError, OSError) as exc:
-                log.warning("INIT refused (unique %d): %s", unique, exc)
+                log.warning("INIT refused (unique %d): %s", unique, str(exc))
                 return codec.write_error(writable, unique, exc.errno or errno.EIO)
             except Exception:
                 log.exception("INIT (unique %d) failed", unique)

@@ -18,6 +18,13 @@ Threads and who owns what:
 * A replaced memory table is picked up by each worker at its next wake-up: it compares the
   backend's current table with the one its queue uses and re-translates the ring addresses.
 
+Thread pool (``--thread-pool-size N``, N > 0): the worker still pops every chain, but hands each
+one to a pool shared by the connection's rings instead of serving it inline, so a request that
+blocks (a slow fsync, a FIFO) does not hold up the ones behind it.  Completions then arrive out
+of order from the pool's threads; they are serialised by the queue's completion lock, which
+covers the used ring and the notification decision.  Stopping a ring waits until every chain it
+handed out has completed, so the base reported to the front-end never leaves a request behind.
+
 A handler exception is a bug in the layer above: it is logged with its traceback, the chain
 is completed with 0 bytes and serving continues.  Guest mistakes (a malformed chain, a bad
 request) are logged at a limited rate, so a misbehaving guest cannot flood the log.
@@ -32,46 +39,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.io.unix_socket import receive_message, send_message
+from virtiofsd.ratelimit import RateLimitedLog
 from virtiofsd.vhost_user.backend import VhostUserBackend, Vring
-from virtiofsd.virtio.chain import InvalidChainError
+from virtiofsd.virtio.chain import DescriptorChain, InvalidChainError
 from virtiofsd.virtio.device import ChainHandler
 from virtiofsd.virtio.memory import GuestMemory
 from virtiofsd.virtio.split_queue import SplitQueue
 
-__all__ = ["QueueWorker", "RateLimitedLog", "serve_connection"]
+__all__ = ["QueueWorker", "serve_connection"]
 
 logger = logging.getLogger(__name__)
-
-
-class RateLimitedLog:
-    """At most ``burst`` error lines per ``period`` seconds; the rest are counted and reported."""
-
-    def __init__(self, log: logging.Logger, *, burst: int = 10, period: float = 60.0) -> None:
-        self._log = log
-        self._burst = burst
-        self._period = period
-        self._lock = threading.Lock()
-        self._window_start = time.monotonic()
-        self._emitted = 0
-        self._suppressed = 0
-
-    def error(self, message: str, *args: object) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._window_start >= self._period:
-                if self._suppressed:
-                    self._log.error("%d similar guest errors were not logged", self._suppressed)
-                self._window_start = now
-                self._emitted = 0
-                self._suppressed = 0
-            if self._emitted >= self._burst:
-                self._suppressed += 1
-                return
-            self._emitted += 1
-        self._log.error(message, *args)
 
 
 def _consume_eventfd(fd: int) -> None:
@@ -96,12 +77,18 @@ class QueueWorker:
         memory: Callable[[], GuestMemory | None],
         handler: ChainHandler,
         guest_errors: RateLimitedLog,
+        pool: Executor | None = None,
     ) -> None:
         self._vring = vring
         self._queue = queue
         self._memory = memory
         self._handler = handler
         self._guest_errors = guest_errors
+        self._pool = pool
+        # Serialises completions (used ring + notification decision) when a pool serves them.
+        self._completion_lock = threading.Lock()
+        self._in_flight = 0
+        self._all_completed = threading.Condition(self._completion_lock)
         self._stopping = False
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread = threading.Thread(
@@ -119,6 +106,9 @@ class QueueWorker:
         self._stopping = True
         self.wake()
         self._thread.join()
+        with self._all_completed:
+            while self._in_flight:
+                self._all_completed.wait()
         os.close(self._wake_fd)
         self._wake_fd = -1
 
@@ -160,14 +150,14 @@ class QueueWorker:
             try:
                 queue.set_memory(memory)
             except GuestProtocolError as err:
-                self._guest_errors.error("ring %d: %s", self._vring.index, err)
+                self._guest_errors.error("ring %d: %s", self._vring.index, str(err))
                 return
         if not self._vring.enabled:
             return
         while not self._stopping:
             queue.disable_notifications()
             healthy = self._drain()
-            if queue.needs_notification():
+            if self._pool is None and queue.needs_notification():
                 self._vring.signal_call()
             if not healthy or self._stopping or not queue.enable_notifications():
                 return
@@ -175,50 +165,80 @@ class QueueWorker:
     def _drain(self) -> bool:
         """Complete every available chain; False if the ring itself is unusable."""
         queue = self._queue
-        handler = self._handler
         index = self._vring.index
         while not self._stopping:
             try:
                 chain = queue.pop()
             except InvalidChainError as err:
-                self._guest_errors.error("ring %d: %s", index, err)
+                self._guest_errors.error("ring %d: %s", index, str(err))
                 if err.head is not None:
-                    queue.push_used(err.head, 0)
+                    if self._pool is None:
+                        queue.push_used(err.head, 0)
+                    else:
+                        self._complete_out_of_order(err.head, 0)
                 continue
             except GuestProtocolError as err:
-                self._guest_errors.error("ring %d: %s; waiting for the next kick", index, err)
+                self._guest_errors.error("ring %d: %s; waiting for the next kick", index, str(err))
                 return False
             if chain is None:
                 return True
-            try:
-                written = handler.handle_chain(index, chain.readable, chain.writable)
-            except GuestProtocolError as err:
-                self._guest_errors.error("ring %d: bad request in chain %d: %s",
-                                         index, chain.head, err)
-                written = 0
-            except Exception:
-                logger.exception("ring %d: request handler failed on chain %d", index, chain.head)
-                written = 0
-            if not isinstance(written, int) or not 0 <= written <= chain.writable_bytes:
-                logger.error("ring %d: handler claims %r bytes written into %d writable bytes; "
-                             "completing the chain with 0", index, written, chain.writable_bytes)
-                written = 0
-            queue.push_used(chain.head, written)
+            if self._pool is not None:
+                with self._completion_lock:
+                    self._in_flight += 1
+                self._pool.submit(self._serve_in_pool, chain)
+                continue
+            queue.push_used(chain.head, self._serve_chain(chain))
         return True
+
+    def _serve_chain(self, chain: DescriptorChain) -> int:
+        """Run the handler on one chain; the bytes it wrote, or 0 when it failed."""
+        index = self._vring.index
+        try:
+            written = self._handler.handle_chain(index, chain.readable, chain.writable)
+        except GuestProtocolError as err:
+            self._guest_errors.error("ring %d: bad request in chain %d: %s",
+                                     index, chain.head, err)
+            return 0
+        except Exception:
+            logger.exception("ring %d: request handler failed on chain %d", index, chain.head)
+            return 0
+        if not isinstance(written, int) or not 0 <= written <= chain.writable_bytes:
+            logger.error("ring %d: handler claims %r bytes written into %d writable bytes; "
+                         "completing the chain with 0", index, written, chain.writable_bytes)
+            return 0
+        return written
+
+    def _serve_in_pool(self, chain: DescriptorChain) -> None:
+        """A pool thread's job: serve the chain, complete it, and count it as done."""
+        try:
+            self._complete_out_of_order(chain.head, self._serve_chain(chain))
+        finally:
+            with self._completion_lock:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._all_completed.notify_all()
+
+    def _complete_out_of_order(self, head: int, written: int) -> None:
+        """Put one chain on the used ring and notify the driver if it asked to be."""
+        with self._completion_lock:
+            self._queue.push_used(head, written)
+            if self._queue.needs_notification():
+                self._vring.signal_call()
 
 
 class _Workers:
     """The :class:`~virtiofsd.vhost_user.backend.RingRunner` of one connection."""
 
-    def __init__(self, handler: ChainHandler) -> None:
+    def __init__(self, handler: ChainHandler, pool: Executor | None = None) -> None:
         self._handler = handler
+        self._pool = pool
         self._workers: dict[int, QueueWorker] = {}
         self._guest_errors = RateLimitedLog(logger)
 
     def start_ring(
         self, vring: Vring, queue: SplitQueue, memory: Callable[[], GuestMemory | None]
     ) -> None:
-        worker = QueueWorker(vring, queue, memory, self._handler, self._guest_errors)
+        worker = QueueWorker(vring, queue, memory, self._handler, self._guest_errors, self._pool)
         self._workers[vring.index] = worker
         worker.start()
 
@@ -242,6 +262,7 @@ def serve_connection(
     *,
     tag: str | None = None,
     num_request_queues: int = 1,
+    thread_pool_size: int = 0,
 ) -> bool:
     """Serve one connected front-end until it disconnects; the caller keeps ``sock``.
 
@@ -249,7 +270,9 @@ def serve_connection(
     a protocol error (already logged).  All workers are stopped and joined, every fd received
     on the connection is closed, and ``handler.reset()`` has been called when this returns.
     """
-    workers = _Workers(handler)
+    pool = (ThreadPoolExecutor(thread_pool_size, thread_name_prefix="fuse-pool")
+            if thread_pool_size > 0 else None)
+    workers = _Workers(handler, pool)
     backend = VhostUserBackend(workers, tag=tag, num_request_queues=num_request_queues)
     clean = False
     try:
@@ -264,13 +287,15 @@ def serve_connection(
                 if reply is not None:
                     send_message(sock, reply)
             except FrontendProtocolError as err:
-                logger.error("vhost-user protocol error, closing the connection: %s", err)
+                logger.error("vhost-user protocol error, closing the connection: %s", str(err))
                 break
             except ConnectionError as err:
-                logger.error("vhost-user connection lost: %s", err)
+                logger.error("vhost-user connection lost: %s", str(err))
                 break
     finally:
         backend.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
         try:
             handler.reset()
         except Exception:

@@ -18,6 +18,15 @@ Kernel facts this relies on:
 
 As the Rust daemon does, an id is left alone when the target is 0 (the daemon's own) or already
 the current one, so requests from guest root cost no system call.
+
+Supplementary groups: the daemon drops its own at start (CVE-2022-0358), so a guest user whose
+write access to a folder comes from a supplementary group would be refused by the host.  When the
+guest does not send its groups (no CREATE_SUPP_GROUP extension: Linux before 6.3), the thread puts
+CAP_DAC_OVERRIDE back into its effective set after the uid switch, as the Rust daemon does.  That
+gives nothing away: the guest kernel has already checked the caller's permissions (virtio-fs
+mounts with ``default_permissions``), and a guest kernel that lies can claim uid 0 anyway.  The
+uid switch still decides ownership of what is created, and CAP_FSETID stays off, so the kernel
+still clears S_ISGID on files a non-member creates in a setgid folder.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+
+import prctl
 
 from virtiofsd.sys import ffi
 
@@ -61,6 +72,8 @@ def thread_credentials(uid: int, gid: int, groups: Sequence[int] = ()) -> Iterat
             switched_gid = True
         if change_uid:
             ffi.setresuid_thread(_KEEP, uid, _KEEP)
+            if not change_groups:
+                _restore_dac_override()
     except BaseException:
         _restore(None, current_gid if switched_gid else None,
                  saved_groups if switched_groups else None)
@@ -70,6 +83,13 @@ def thread_credentials(uid: int, gid: int, groups: Sequence[int] = ()) -> Iterat
     finally:
         _restore(current_uid if change_uid else None, current_gid if change_gid else None,
                  saved_groups)
+
+
+def _restore_dac_override() -> None:
+    """Raise CAP_DAC_OVERRIDE in the calling thread's effective set, if it is permitted
+    (a daemon run by an ordinary user has nothing to raise, and needs nothing)."""
+    if prctl.cap_permitted.dac_override:
+        prctl.cap_effective.dac_override = True
 
 
 def _restore(uid: int | None, gid: int | None, groups: list[int] | None) -> None:

@@ -16,7 +16,8 @@ length is impossible raises ``ValueError`` instead of looping or reading past th
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 _HEADER = struct.Struct("=QqHB")
 

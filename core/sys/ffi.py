@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
-from typing import Sequence
+from collections.abc import Sequence
 
 import cffi
 

@@ -31,7 +31,12 @@ from typing import Protocol
 
 from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.vhost_user import messages as msg
-from virtiofsd.vhost_user.messages import FrontendRequest, Header, ProtocolFeature, VirtioFeature
+from virtiofsd.vhost_user.messages import (
+    FrontendRequest,
+    Header,
+    ProtocolFeature,
+    VirtioFeature,
+)
 from virtiofsd.virtio.device import virtio_fs_config
 from virtiofsd.virtio.memory import GuestMemory, GuestMemoryError, map_region
 from virtiofsd.virtio.split_queue import SplitQueue, check_queue_size
@@ -88,20 +93,20 @@ class Vring:
     """
 
     __slots__ = (
-        "index",
-        "size",
-        "desc_gpa",
-        "avail_gpa",
-        "used_gpa",
-        "addr_flags",
-        "log_guest_addr",
-        "base",
-        "kick_fd",
-        "err_fd",
-        "enabled",
-        "running",
         "_call_fd",
         "_call_lock",
+        "addr_flags",
+        "avail_gpa",
+        "base",
+        "desc_gpa",
+        "enabled",
+        "err_fd",
+        "index",
+        "kick_fd",
+        "log_guest_addr",
+        "running",
+        "size",
+        "used_gpa",
     )
 
     def __init__(self, index: int) -> None:
@@ -295,7 +300,7 @@ class VhostUserBackend:
                 raise FrontendProtocolError(
                     f"{name} refused and the front-end expects a reply: {err}"
                 ) from err
-            logger.error("refusing front-end request %s: %s", name, err)
+            logger.error("refusing front-end request %s: %s", name, str(err))
             return self._ack(header, success=False)
         if body is not None:
             return msg.encode_reply(request, body)
@@ -327,7 +332,6 @@ class VhostUserBackend:
             # Without protocol features there is no SET_VRING_ENABLE: rings are enabled now.
             for vring in self.vrings:
                 self._set_enabled(vring, True)
-        return None
 
     def _get_protocol_features(self, payload: bytes, fds: list[int]) -> bytes:
         return msg.encode_u64(self.offered_protocol_features)
@@ -339,27 +343,23 @@ class VhostUserBackend:
             raise RequestRefused(f"protocol features {unknown:#x} were not offered")
         self.acked_protocol_features = features
         logger.debug("acked protocol features %#x", features)
-        return None
 
     def _set_owner(self, payload: bytes, fds: list[int]) -> None:
         if self._owned:
             raise RequestRefused("the device already has an owner")
         self._owned = True
-        return None
 
     def _reset_owner(self, payload: bytes, fds: list[int]) -> None:
         logger.warning("front-end sent the deprecated RESET_OWNER; stopping all rings")
         self._reset_rings()
         self.acked_features = 0
         self._owned = False
-        return None
 
     def _reset_device(self, payload: bytes, fds: list[int]) -> None:
         logger.info("front-end reset the device")
         self._reset_rings()
         self.acked_features = 0
         self._runner.reset_device()
-        return None
 
     # ---- memory ---------------------------------------------------------------------
 
@@ -380,7 +380,6 @@ class VhostUserBackend:
             raise RequestRefused(str(err)) from err
         self._memory = table
         logger.debug("memory table: %r", table)
-        return None
 
     def _get_max_mem_slots(self, payload: bytes, fds: list[int]) -> bytes:
         return msg.encode_u64(self._max_mem_slots)
@@ -397,7 +396,6 @@ class VhostUserBackend:
         except GuestMemoryError as err:
             raise RequestRefused(str(err)) from err
         logger.debug("added memory region %s", mapped.describe())
-        return None
 
     def _rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
         region = msg.decode_single_region(payload)
@@ -410,7 +408,6 @@ class VhostUserBackend:
         except GuestMemoryError as err:
             raise RequestRefused(str(err)) from err
         logger.debug("removed memory region %s", removed.describe())
-        return None
 
     # ---- rings ----------------------------------------------------------------------
 
@@ -424,7 +421,6 @@ class VhostUserBackend:
         except GuestProtocolError as err:
             raise RequestRefused(str(err)) from err
         vring.size = state.num
-        return None
 
     def _set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
         addr = msg.decode_vring_addr(payload)
@@ -444,7 +440,6 @@ class VhostUserBackend:
         vring.addr_flags = addr.flags
         vring.log_guest_addr = addr.log_guest_addr
         self._maybe_start(vring)
-        return None
 
     def _set_vring_base(self, payload: bytes, fds: list[int]) -> None:
         state = msg.decode_vring_state(payload)
@@ -454,7 +449,6 @@ class VhostUserBackend:
         if state.num > 0xFFFF:
             raise RequestRefused(f"ring {state.index}: base {state.num:#x} exceeds 16 bits")
         vring.base = state.num
-        return None
 
     def _get_vring_base(self, payload: bytes, fds: list[int]) -> bytes:
         state = msg.decode_vring_state(payload)
@@ -477,20 +471,17 @@ class VhostUserBackend:
             logger.warning("ring %d: front-end asks for polling, which is not supported; "
                            "the ring stays stopped", index)
         self._maybe_start(vring)
-        return None
 
     def _set_vring_call(self, payload: bytes, fds: list[int]) -> None:
         index, nofd = self._vring_fd_payload(payload, fds)
         vring = self._vring(index)
         _close(vring.replace_call_fd(-1 if nofd else fds.pop()))
-        return None
 
     def _set_vring_err(self, payload: bytes, fds: list[int]) -> None:
         index, nofd = self._vring_fd_payload(payload, fds)
         vring = self._vring(index)
         _close(vring.err_fd)
         vring.err_fd = -1 if nofd else fds.pop()
-        return None
 
     def _vring_fd_payload(self, payload: bytes, fds: list[int]) -> tuple[int, bool]:
         index, nofd = msg.decode_vring_fd_payload(payload)
@@ -509,7 +500,6 @@ class VhostUserBackend:
         if state.num not in (0, 1):
             raise RequestRefused(f"ring {state.index}: enable value {state.num} is not 0 or 1")
         self._set_enabled(vring, bool(state.num))
-        return None
 
     def _set_enabled(self, vring: Vring, enabled: bool) -> None:
         vring.enabled = enabled
@@ -576,9 +566,7 @@ class VhostUserBackend:
     def _set_config(self, payload: bytes, fds: list[int]) -> None:
         request = msg.decode_config(payload)
         logger.debug("ignoring SET_CONFIG of %d bytes at offset %d", request.size, request.offset)
-        return None
 
     def _set_backend_req_fd(self, payload: bytes, fds: list[int]) -> None:
         _close(self._backend_req_fd)
         self._backend_req_fd = fds.pop()
-        return None

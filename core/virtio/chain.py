@@ -29,11 +29,11 @@ from virtiofsd.virtio.memory import GuestMemory, GuestMemoryError
 
 __all__ = [
     "DESCRIPTOR",
-    "DescriptorChain",
-    "InvalidChainError",
     "VIRTQ_DESC_F_INDIRECT",
     "VIRTQ_DESC_F_NEXT",
     "VIRTQ_DESC_F_WRITE",
+    "DescriptorChain",
+    "InvalidChainError",
     "walk_chain",
 ]
 

@@ -11,10 +11,10 @@ import struct
 from typing import Protocol
 
 __all__ = [
-    "ChainHandler",
     "HIPRIO_QUEUE_INDEX",
     "VIRTIO_FS_CONFIG",
     "VIRTIO_FS_TAG_SIZE",
+    "ChainHandler",
     "virtio_fs_config",
 ]
 

@@ -26,6 +26,7 @@ C front-end cannot be mistaken for a valid range here.
 from __future__ import annotations
 
 import bisect
+import itertools
 import mmap
 import os
 import stat
@@ -136,11 +137,11 @@ class GuestMemory:
     descriptor) at a couple of list indexings even with hundreds of memory slots.
     """
 
-    __slots__ = ("_regions", "_starts", "_ends", "_views")
+    __slots__ = ("_ends", "_regions", "_starts", "_views")
 
     def __init__(self, regions: Iterable[MappedRegion] = ()) -> None:
         ordered = sorted(regions, key=lambda region: region.guest_phys_addr)
-        for before, after in zip(ordered, ordered[1:]):
+        for before, after in itertools.pairwise(ordered):
             if after.guest_phys_addr < before.gpa_end:
                 raise GuestMemoryError(
                     f"memory region {after.describe()} overlaps {before.describe()}"

@@ -29,7 +29,12 @@ import struct
 import threading
 
 from virtiofsd.errors import GuestProtocolError
-from virtiofsd.virtio.chain import DESCRIPTOR_SIZE, DescriptorChain, InvalidChainError, walk_chain
+from virtiofsd.virtio.chain import (
+    DESCRIPTOR_SIZE,
+    DescriptorChain,
+    InvalidChainError,
+    walk_chain,
+)
 from virtiofsd.virtio.memory import GuestMemory, GuestMemoryError
 
 __all__ = ["MAX_QUEUE_SIZE", "SplitQueue", "ring_layout_sizes"]
@@ -70,25 +75,25 @@ class SplitQueue:
     """Pop available chains, push used elements and decide about notifications."""
 
     __slots__ = (
-        "size",
-        "desc_gpa",
+        "_avail",
+        "_avail_event_offset",
+        "_avail_idx",
+        "_desc",
+        "_fence",
+        "_last_avail",
+        "_mask",
+        "_signalled_used",
+        "_signalled_valid",
+        "_used",
+        "_used_event_offset",
+        "_used_idx",
         "avail_gpa",
-        "used_gpa",
+        "desc_gpa",
         "event_idx",
         "indirect",
         "memory",
-        "_mask",
-        "_desc",
-        "_avail",
-        "_used",
-        "_last_avail",
-        "_avail_idx",
-        "_used_idx",
-        "_signalled_used",
-        "_signalled_valid",
-        "_used_event_offset",
-        "_avail_event_offset",
-        "_fence",
+        "size",
+        "used_gpa",
     )
 
     def __init__(

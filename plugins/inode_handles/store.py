@@ -37,7 +37,8 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from virtiofsd.errors import FuseError
 from virtiofsd.fuse.abi import ROOT_ID
@@ -59,7 +60,7 @@ class InodeKey(NamedTuple):
 class Inode:
     """One host inode the guest knows, and how many lookups of it the guest holds."""
 
-    __slots__ = ("nodeid", "fd", "key", "file_type", "refcount")
+    __slots__ = ("fd", "file_type", "key", "nodeid", "refcount")
 
     def __init__(self, nodeid: int, fd: int, key: InodeKey, file_type: int, refcount: int) -> None:
         self.nodeid = nodeid

@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from virtiofsd import hookimpl
 from virtiofsd.errors import FuseError

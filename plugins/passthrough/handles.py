@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class OpenHandle:
     """One open host file or folder."""
 
-    __slots__ = ("fh", "nodeid", "fd", "lock")
+    __slots__ = ("fd", "fh", "lock", "nodeid")
 
     def __init__(self, fh: int, nodeid: int, fd: int) -> None:
         self.fh = fh

@@ -38,13 +38,27 @@ def test_root_target_is_not_switched():
     assert os.geteuid() == 0
 
 
-def test_permission_checks_apply_as_the_user(tmp_path):
+def test_permission_checks_apply_as_the_user_with_known_groups(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o700)
-    with thread_credentials(1000, 1000):
+    with thread_credentials(1000, 1000, groups=(1000,)):
         with pytest.raises(PermissionError):
             (locked / "file").touch()
     (locked / "file").touch()
+
+
+def test_without_groups_the_guest_kernels_permission_check_is_trusted(tmp_path):
+    """No CREATE_SUPP_GROUP extension: CAP_DAC_OVERRIDE comes back after the uid switch, so a
+    supplementary group the daemon does not have cannot cause a refusal the guest did not make;
+    what is created still belongs to the caller."""
+    team = tmp_path / "team"
+    team.mkdir(mode=0o770)
+    os.chown(team, 0, 4242)
+    with thread_credentials(1000, 1000):
+        (team / "file").touch()
+        assert os.geteuid() == 1000
+    assert os.stat(team / "file").st_uid == 1000
+    assert os.geteuid() == 0
 
 
 def test_other_threads_keep_their_credentials():

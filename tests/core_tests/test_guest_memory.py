@@ -6,9 +6,13 @@ import mmap
 import os
 
 import pytest
-
 from virtiofsd.errors import GuestProtocolError
-from virtiofsd.virtio.memory import GuestMemory, GuestMemoryError, MappedRegion, map_region
+from virtiofsd.virtio.memory import (
+    GuestMemory,
+    GuestMemoryError,
+    MappedRegion,
+    map_region,
+)
 
 
 def region(gpa: int, size: int, uaddr: int | None = None, fill: int = 0) -> MappedRegion:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from virtiofsd.errors import GuestProtocolError
 from virtiofsd.virtio.chain import (
     VIRTQ_DESC_F_INDIRECT as INDIRECT,
+)
+from virtiofsd.virtio.chain import (
     VIRTQ_DESC_F_NEXT as NEXT,
+)
+from virtiofsd.virtio.chain import (
     VIRTQ_DESC_F_WRITE as WRITE,
+)
+from virtiofsd.virtio.chain import (
     InvalidChainError,
 )
 from virtiofsd.virtio.memory import GuestMemory, MappedRegion

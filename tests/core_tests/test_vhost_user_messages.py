@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from virtiofsd.vhost_user import messages as m
 
 

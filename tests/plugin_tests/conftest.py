@@ -7,7 +7,8 @@ import contextlib
 import os
 import types
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 

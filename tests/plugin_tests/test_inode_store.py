@@ -11,7 +11,7 @@ import pytest
 from virtiofsd.config import Config, Sandbox
 from virtiofsd.errors import ConfigError, FuseError
 from virtiofsd_plugins.inode_handles import never
-from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, InodeKey, InodeStore
+from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, InodeKey
 
 ROOT = 1
 

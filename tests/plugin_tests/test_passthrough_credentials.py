@@ -30,10 +30,10 @@ def test_files_created_by_a_user_belong_to_that_user(fs, shared):
     assert os.geteuid() == 0 and os.getegid() == 0  # switched back
 
 
-def test_a_user_cannot_create_in_a_root_folder(fs, shared, expect_errno):
+def test_a_user_with_known_groups_cannot_create_in_a_root_folder(fs, shared, expect_errno):
     (shared / "locked").mkdir(mode=0o755)
     locked = fs.lookup(b"locked").nodeid
-    user = fs.req(USER, GROUP)
+    user = fs.req(USER, GROUP, groups=(GROUP,))
     with expect_errno(errno.EACCES):
         fs.create(b"file", parent=locked, req=user)
     with expect_errno(errno.EACCES):
@@ -51,10 +51,23 @@ def test_supplementary_groups_grant_access(fs, shared, expect_errno):
     os.chown(shared / "team", 0, 4242)
     team = fs.lookup(b"team").nodeid
     with expect_errno(errno.EACCES):
-        fs.create(b"nope", parent=team, req=fs.req(USER, GROUP))
+        fs.create(b"nope", parent=team, req=fs.req(USER, GROUP, groups=(GROUP,)))
     reply = fs.create(b"yes", parent=team, req=fs.req(USER, GROUP, groups=(4242,)))
     assert reply.entry.st.st_uid == USER
     assert 4242 not in os.getgroups()  # the caller's groups were this request's only
+
+
+def test_without_the_groups_extension_the_guests_check_is_trusted(fs, shared):
+    """A Linux guest before 6.3 sends no supplementary groups; the daemon has dropped its own,
+    so it trusts the guest kernel's permission check (as the Rust daemon does) and only the
+    ownership of the new file is the caller's."""
+    (shared / "team").mkdir(mode=0o770)
+    os.chown(shared / "team", 0, 4242)
+    team = fs.lookup(b"team").nodeid
+    reply = fs.create(b"member-file", parent=team, req=fs.req(USER, GROUP))
+    host = os.stat(shared / "team" / "member-file")
+    assert (host.st_uid, host.st_gid) == (USER, GROUP)
+    assert reply.entry.st.st_uid == USER
 
 
 def test_creating_as_a_user_does_not_change_other_threads(fs, shared):
