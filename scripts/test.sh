@@ -5,6 +5,8 @@
 # $VIRTIOFSD_GUEST_DAEMONS (default "ours,rust").
 # Extra arguments go to pytest, e.g.  scripts/test.sh -m "not guest"   or   scripts/test.sh -k rust
 # VIRTIOFSD_SKIP_INSTALL=1 skips the installation step (the CI entry point does it itself).
+# VIRTIOFSD_TEST_TIMEOUT (seconds, default 1800) bounds the whole run, so a hung test cannot
+# hang CI: pytest gets SIGTERM (reported as an interruption, processes cleaned up), then SIGKILL.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO"
@@ -21,7 +23,11 @@ if [[ ${VIRTIOFSD_SKIP_INSTALL:-0} != 1 ]]; then
 fi
 
 status=0
-"$PYTEST" tests -p no:cacheprovider --durations=10 "$@" || status=$?
+timeout --kill-after=60 "${VIRTIOFSD_TEST_TIMEOUT:-1800}" \
+  "$PYTEST" tests -p no:cacheprovider --durations=10 "$@" || status=$?
+if ((status == 124)); then
+  echo "test.sh: the test run exceeded ${VIRTIOFSD_TEST_TIMEOUT:-1800} s and was stopped" >&2
+fi
 if ((status == 5)); then
   # "No tests collected" always means a broken selection or collection here: fail loudly.
   echo "test.sh: pytest collected no tests" >&2

@@ -20,7 +20,9 @@ import pytest
 from virtiofsd.fuse.abi import ROOT_ID
 from virtiofsd.testing import DaemonSession, FuseClient, running_daemon
 
-RUST_REFERENCE = Path("/var/tmp/virtiofsd-reference/rust-virtiofsd")
+RUST_REFERENCE = Path(
+    os.environ.get("VIRTIOFSD_RUST_REFERENCE", "/var/tmp/virtiofsd-reference/rust-virtiofsd")
+)
 DAEMON_KINDS = ("ours", "rust")
 
 
@@ -67,7 +69,7 @@ def started(
 
 
 @pytest.fixture
-def command_of():  # type: ignore[no-untyped-def]
+def command_of():
     """:func:`daemon_command`, for tests that run a daemon themselves (``--fd``, two daemons)."""
     return daemon_command
 
@@ -75,10 +77,9 @@ def command_of():  # type: ignore[no-untyped-def]
 class SharedDaemon:
     """One daemon kept for many tests, restarted when a test killed it."""
 
-    def __init__(self, kind: str, share: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, share: Path) -> None:
         self.kind = kind
         self.share = share
-        self.extra = extra
         self._stack: contextlib.ExitStack | None = None
         self._session: DaemonSession | None = None
 
@@ -87,7 +88,7 @@ class SharedDaemon:
         if current is None or current.process.poll() is not None:
             self.close()
             self._stack = contextlib.ExitStack()
-            self._session = self._stack.enter_context(started(self.kind, self.share, *self.extra))
+            self._session = self._stack.enter_context(started(self.kind, self.share))
         assert self._session is not None
         return self._session
 
@@ -137,11 +138,11 @@ def workdir(shared_daemon: SharedDaemon, request: pytest.FixtureRequest) -> Work
 
 
 @pytest.fixture
-def start_daemon(daemon_kind: str):  # type: ignore[no-untyped-def]
+def start_daemon(daemon_kind: str):
     """``start_daemon(share, *options, **running_daemon_options)``: a daemon of this test's kind
     of its own, as a context manager yielding the :class:`DaemonSession`."""
 
-    def start(share: str | os.PathLike[str], *extra: str, **options: object):  # type: ignore[no-untyped-def]
+    def start(share: str | os.PathLike[str], *extra: str, **options: object):
         return started(daemon_kind, share, *extra, **options)
 
     return start

@@ -9,7 +9,6 @@ descriptor it opened.
 from __future__ import annotations
 
 import errno
-import fcntl
 import grp
 import json
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, InitFlag, Opcode
-from virtiofsd.testing import FuseClient, FuseReplyError, connect
+from virtiofsd.testing import FuseReplyError, connect
 
 MiB = 1 << 20
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -42,7 +41,7 @@ def share(tmp_path: Path) -> Path:
     return directory
 
 
-def fuse_error(call, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+def fuse_error(call, *args, **kwargs) -> int:
     with pytest.raises(FuseReplyError) as failure:
         call(*args, **kwargs)
     return failure.value.errno
@@ -68,7 +67,7 @@ def daemon_open_flags(pid: int, path: Path) -> list[int]:
     return found
 
 
-def opened_flags(session, nodeid: int, path: Path, flags: int) -> int:  # type: ignore[no-untyped-def]
+def opened_flags(session, nodeid: int, path: Path, flags: int) -> int:
     """OPEN ``nodeid`` with ``flags`` and return the flags of the daemon's new descriptor."""
     fuse = session.client
     before = daemon_open_flags(session.process.pid, path)
@@ -93,7 +92,7 @@ CACHE_EXPECTATIONS = {
 
 
 @pytest.mark.parametrize("mode", sorted(CACHE_EXPECTATIONS))
-def test_cache_mode_sets_timeouts_and_open_flags(start_daemon, share: Path, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_cache_mode_sets_timeouts_and_open_flags(start_daemon, share: Path, mode: str) -> None:
     timeout, file_flags, dir_flags = CACHE_EXPECTATIONS[mode]
     with start_daemon(share, "--cache", mode) as session:
         fuse = session.client
@@ -118,7 +117,9 @@ def test_cache_mode_sets_timeouts_and_open_flags(start_daemon, share: Path, mode
 
 
 @pytest.mark.parametrize("writeback", [False, True])
-def test_writeback_opens_write_only_files_read_write(start_daemon, share: Path, writeback: bool) -> None:  # type: ignore[no-untyped-def]
+def test_writeback_opens_write_only_files_read_write(
+    start_daemon, share: Path, writeback: bool
+) -> None:
     """With the write-back cache the guest reads pages around a partial write of a file it
     opened write-only, so the daemon must be able to read through that handle."""
     options = ("--writeback",) if writeback else ()
@@ -136,7 +137,9 @@ def test_writeback_opens_write_only_files_read_write(start_daemon, share: Path, 
         fuse.release(nodeid, handle.fh)
 
 
-def test_writeback_cached_write_to_an_append_handle_lands_where_the_guest_says(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_writeback_cached_write_to_an_append_handle_lands_where_the_guest_says(
+    start_daemon, share: Path
+) -> None:
     """With the write-back cache the guest kernel owns O_APPEND: it computed the offset and
     marks the write WRITE_CACHE; appending it again on the host would misplace the data."""
     with start_daemon(share, "--writeback") as session:
@@ -144,7 +147,12 @@ def test_writeback_cached_write_to_an_append_handle_lands_where_the_guest_says(s
         nodeid = fuse.lookup(ROOT_ID, "file").nodeid
         handle = fuse.open(nodeid, os.O_WRONLY | os.O_APPEND)
         written = fuse.write(
-            nodeid, handle.fh, 2, b"XY", flags=os.O_WRONLY | os.O_APPEND, write_flags=abi.WRITE_CACHE
+            nodeid,
+            handle.fh,
+            2,
+            b"XY",
+            flags=os.O_WRONLY | os.O_APPEND,
+            write_flags=abi.WRITE_CACHE,
         )
         assert written == 2
         fuse.release(nodeid, handle.fh)
@@ -152,7 +160,7 @@ def test_writeback_cached_write_to_an_append_handle_lands_where_the_guest_says(s
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_allow_direct_io_keeps_or_strips_o_direct(start_daemon, share: Path, allow: bool) -> None:  # type: ignore[no-untyped-def]
+def test_allow_direct_io_keeps_or_strips_o_direct(start_daemon, share: Path, allow: bool) -> None:
     options = ("--allow-direct-io",) if allow else ()
     with start_daemon(share, *options) as session:
         nodeid = session.client.lookup(ROOT_ID, "file").nodeid
@@ -163,7 +171,9 @@ def test_allow_direct_io_keeps_or_strips_o_direct(start_daemon, share: Path, all
 
 @needs_root
 @pytest.mark.parametrize("preserve", [False, True])
-def test_preserve_noatime_keeps_or_strips_o_noatime(start_daemon, share: Path, preserve: bool) -> None:  # type: ignore[no-untyped-def]
+def test_preserve_noatime_keeps_or_strips_o_noatime(
+    start_daemon, share: Path, preserve: bool
+) -> None:
     options = ("--preserve-noatime",) if preserve else ()
     with start_daemon(share, *options) as session:
         nodeid = session.client.lookup(ROOT_ID, "file").nodeid
@@ -174,9 +184,13 @@ def test_preserve_noatime_keeps_or_strips_o_noatime(start_daemon, share: Path, p
 # -- --readonly ------------------------------------------------------------------------------------
 
 
-def test_readonly_refuses_every_change_and_still_reads(start_daemon, daemon_kind: str, share: Path) -> None:  # type: ignore[no-untyped-def]
-    before = {path: (path.lstat(), path.read_bytes() if path.is_file() else None)
-              for path in share.rglob("*")}
+def test_readonly_refuses_every_change_and_still_reads(
+    start_daemon, daemon_kind: str, share: Path
+) -> None:
+    before = {
+        path: (path.lstat(), path.read_bytes() if path.is_file() else None)
+        for path in share.rglob("*")
+    }
     with start_daemon(share, "--readonly") as session:
         fuse = session.client
         file_node = fuse.lookup(ROOT_ID, "file").nodeid
@@ -220,12 +234,17 @@ def test_readonly_refuses_every_change_and_still_reads(start_daemon, daemon_kind
         assert set(fuse.listdir(dir_node)) == {b".", b"..", b"inner"}
         assert fuse.getattr(file_node).attr.size == len(b"contents")
         assert fuse.statfs().namelen > 0
-    after = {path: (path.lstat(), path.read_bytes() if path.is_file() else None)
-             for path in share.rglob("*")}
+    after = {
+        path: (path.lstat(), path.read_bytes() if path.is_file() else None)
+        for path in share.rglob("*")
+    }
     assert set(after) == set(before)
     for path, (st, data) in before.items():
         assert (after[path][0].st_mode, after[path][0].st_size, after[path][0].st_uid) == (
-            st.st_mode, st.st_size, st.st_uid), path
+            st.st_mode,
+            st.st_size,
+            st.st_uid,
+        ), path
         assert after[path][0].st_mtime_ns == st.st_mtime_ns, path
         assert after[path][1] == data
 
@@ -233,7 +252,7 @@ def test_readonly_refuses_every_change_and_still_reads(start_daemon, daemon_kind
 # -- --no-readdirplus ------------------------------------------------------------------------------
 
 
-def test_no_readdirplus_still_serves_readdir(start_daemon, daemon_kind: str, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_readdirplus_still_serves_readdir(start_daemon, daemon_kind: str, share: Path) -> None:
     with start_daemon(share, "--no-readdirplus") as session:
         fuse = session.client
         assert not fuse.init_out.flags & InitFlag.DO_READDIRPLUS
@@ -259,6 +278,7 @@ def share_with_mount(share: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=1m", "vfsd-test", str(mountpoint)],
         capture_output=True,
         text=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
@@ -271,7 +291,9 @@ def share_with_mount(share: Path) -> Iterator[Path]:
 
 @needs_root
 @pytest.mark.parametrize("announce", [True, False])
-def test_submounts_are_announced_unless_disabled(start_daemon, daemon_kind: str, share_with_mount: Path, announce: bool) -> None:  # type: ignore[no-untyped-def]
+def test_submounts_are_announced_unless_disabled(
+    start_daemon, daemon_kind: str, share_with_mount: Path, announce: bool
+) -> None:
     options = () if announce else ("--no-announce-submounts",)
     with start_daemon(share_with_mount, *options) as session:
         fuse = session.client
@@ -301,15 +323,9 @@ fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 
 
 @needs_root
-def test_thread_pool_serves_requests_while_one_blocks(start_daemon, daemon_kind: str, share: Path, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+def test_thread_pool_serves_requests_while_one_blocks(start_daemon, share: Path) -> None:
     """A read lease held on the host makes the daemon's OPEN for writing block until the
     lease is given up; with a thread pool the other requests in flight are served meanwhile."""
-    if daemon_kind == "ours":
-        request.applymarker(pytest.mark.xfail(
-            strict=True,
-            reason="--thread-pool-size is parsed but unused: one thread per queue serves "
-            "requests one after another, so one blocked request stalls the queue",
-        ))
     with start_daemon(share, "--thread-pool-size", "4") as session:
         fuse = session.client
         nodeid = fuse.lookup(ROOT_ID, "file").nodeid
@@ -344,7 +360,7 @@ def test_thread_pool_serves_requests_while_one_blocks(start_daemon, daemon_kind:
         fuse.release(nodeid, fh)
 
 
-def test_thread_pool_handles_many_requests_in_flight(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_thread_pool_handles_many_requests_in_flight(start_daemon, share: Path) -> None:
     with start_daemon(share, "--thread-pool-size", "4") as session:
         fuse = session.client
         for index in range(32):
@@ -364,7 +380,7 @@ def test_thread_pool_handles_many_requests_in_flight(start_daemon, share: Path) 
 
 
 @needs_root
-def test_socket_group_sets_the_group_and_group_access(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_socket_group_sets_the_group_and_group_access(start_daemon, share: Path) -> None:
     group = next((entry for entry in grp.getgrall() if entry.gr_gid != 0), None)
     if group is None:
         pytest.skip("no group other than root on this host")
@@ -377,22 +393,20 @@ def test_socket_group_sets_the_group_and_group_access(start_daemon, share: Path)
             assert fuse.getattr(ROOT_ID).attr.ino == os.stat(share).st_ino
 
 
-def test_socket_without_group_is_private_to_the_owner(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_socket_without_group_is_private_to_the_owner(start_daemon, share: Path) -> None:
     with start_daemon(share, connect_client=False) as session:
         assert stat.S_IMODE(os.stat(session.socket_path).st_mode) == 0o700
         with session.connect() as fuse:
             fuse.getattr(ROOT_ID)
 
 
-def test_fd_adopts_a_listening_socket(command_of, daemon_kind: str, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fd_adopts_a_listening_socket(command_of, daemon_kind: str, share: Path) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="vfsd-fd-"))
     path = workdir / "passed.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
-    command = [
-        arg.replace("{shared_dir}", str(share)) for arg in command_of(daemon_kind)
-    ]
+    command = [arg.replace("{shared_dir}", str(share)) for arg in command_of(daemon_kind)]
     at = command.index("--socket-path")
     command[at : at + 2] = ["--fd", str(listener.fileno())]
     process = subprocess.Popen(
@@ -412,13 +426,15 @@ def test_fd_adopts_a_listening_socket(command_of, daemon_kind: str, share: Path)
         os.rmdir(workdir)
 
 
-def test_second_daemon_on_the_same_socket_path_is_refused(start_daemon, command_of, daemon_kind: str, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_second_daemon_on_the_same_socket_path_is_refused(
+    start_daemon, command_of, daemon_kind: str, share: Path
+) -> None:
     with start_daemon(share, connect_client=False) as first:
         command = [
             arg.replace("{socket_path}", str(first.socket_path)).replace("{shared_dir}", str(share))
             for arg in command_of(daemon_kind)
         ]
-        second = subprocess.run(command, capture_output=True, text=True, timeout=20)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
         assert second.returncode != 0
         message = second.stdout + second.stderr
         if daemon_kind == "ours":
@@ -431,7 +447,7 @@ def test_second_daemon_on_the_same_socket_path_is_refused(start_daemon, command_
             assert fuse.getattr(ROOT_ID).attr.ino == os.stat(share).st_ino
 
 
-def test_stale_socket_file_is_replaced(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stale_socket_file_is_replaced(start_daemon, share: Path) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="vfsd-stale-"))
     path = workdir / "stale.sock"
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -450,16 +466,18 @@ def test_stale_socket_file_is_replaced(start_daemon, share: Path) -> None:  # ty
 # -- process behaviour -----------------------------------------------------------------------------
 
 
-def test_print_capabilities_describes_an_fs_backend(command_of, daemon_kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_print_capabilities_describes_an_fs_backend(command_of, daemon_kind: str) -> None:
     program = command_of(daemon_kind)[: command_of(daemon_kind).index("--socket-path")]
-    result = subprocess.run([*program, "--print-capabilities"], capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        [*program, "--print-capabilities"], capture_output=True, text=True, timeout=20, check=False
+    )
     assert result.returncode == 0
     capabilities = json.loads(result.stdout)
     assert capabilities["type"] == "fs"
     assert "separate-options" in capabilities["features"]
 
 
-def test_exit_status_is_0_when_the_frontend_disconnects(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_exit_status_is_0_when_the_frontend_disconnects(start_daemon, share: Path) -> None:
     with start_daemon(share) as session:
         session.client.close()
         session.client = None
@@ -467,7 +485,7 @@ def test_exit_status_is_0_when_the_frontend_disconnects(start_daemon, share: Pat
         assert not session.socket_path.exists(), "the socket is removed on the way out"
 
 
-def test_log_says_when_it_waits_and_when_a_client_connects(start_daemon, share: Path) -> None:  # type: ignore[no-untyped-def]
+def test_log_says_when_it_waits_and_when_a_client_connects(start_daemon, share: Path) -> None:
     waiting = re.compile(r"waiting for .*connection", re.IGNORECASE)
     connected = re.compile(r"client connected", re.IGNORECASE)
     with start_daemon(share, connect_client=False) as session:

@@ -1,8 +1,9 @@
 """Selects which daemons the real-guest tests run against, and checks the host can boot a guest.
 
 ``--guest-daemons ours,rust`` (or the environment variable VIRTIOFSD_GUEST_DAEMONS) lists
-the daemons; every test that takes the ``daemon_name`` fixture runs once per daemon, and the
-per-daemon boot fixtures are module-scoped so each workload boots once per daemon.
+the daemons; every test that takes the ``daemon_name`` fixture runs once per daemon.  Boots
+go through ``boot_once``, so each workload boots once per daemon (and per variant) however
+pytest happens to order the tests that read its results.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def selected_daemons(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "daemon_name" in metafunc.fixturenames:
-        metafunc.parametrize("daemon_name", selected_daemons(metafunc.config), scope="module")
+        metafunc.parametrize("daemon_name", selected_daemons(metafunc.config))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,11 +57,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.guest)
+            item.add_marker(pytest.mark.root)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def guest_host_ready() -> None:
     """Fails early, with the fix, when the host lacks what a boot needs."""
+    if os.geteuid() != 0:
+        pytest.skip("real-guest tests need root (the daemons change owners on the host)")
     missing = [tool for tool in (runner.QEMU, "apt-get", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"real-guest tests need {missing}; run scripts/install-deps.sh")
+
+
+@pytest.fixture(scope="session")
+def boot_once():
+    """``boot_once(key, make)``: the result of ``make()`` for ``key``, computed once per session.
+
+    A failed boot is remembered too, so the many tests reading one boot's results all report
+    its error instead of booting again each.
+    """
+    outcomes: dict[object, tuple[bool, object]] = {}
+
+    def get(key, make):
+        if key not in outcomes:
+            try:
+                outcomes[key] = (True, make())
+            except Exception as error:
+                outcomes[key] = (False, error)
+                raise
+        succeeded, value = outcomes[key]
+        if not succeeded:
+            raise runner.BootError(f"(boot {key} already failed earlier in this session)\n{value}")
+        return value
+
+    return get

@@ -51,10 +51,7 @@ def host_enforces_direct_io_alignment(directory: pathlib.Path) -> bool:
         return False
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["default", "allow-direct-io"])
-def direct_boot(request, daemon_name: str, tmp_path_factory: pytest.TempPathFactory):
-    allowed = request.param
-    root = tmp_path_factory.mktemp(f"direct-{daemon_name}-{'allowed' if allowed else 'default'}")
+def run_direct_workload(daemon_name: str, allowed: bool, root: pathlib.Path):
     share = root / "share"
     share.mkdir()
     (share / "direct.bin").write_bytes(PATTERN)
@@ -68,6 +65,16 @@ def direct_boot(request, daemon_name: str, tmp_path_factory: pytest.TempPathFact
         wrapper=wrapper, timeout=180, log_dir=root / "logs",
     )
     return allowed, result, share, trace if wrapper else None
+
+
+@pytest.fixture(params=[False, True], ids=["default", "allow-direct-io"])
+def direct_boot(request, daemon_name: str, boot_once, tmp_path_factory: pytest.TempPathFactory):
+    allowed = request.param
+    variant = "allowed" if allowed else "default"
+    return boot_once(
+        ("direct", daemon_name, allowed),
+        lambda: run_direct_workload(daemon_name, allowed, tmp_path_factory.mktemp(f"direct-{daemon_name}-{variant}")),
+    )
 
 
 @pytest.mark.parametrize("check_name", CHECKS)

@@ -8,11 +8,11 @@ same files directly on the host: contents, owners, modes, link targets and times
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import hashlib
 import os
 import pathlib
 import re
-import shutil
 import stat
 
 import pytest
@@ -62,17 +62,39 @@ def prepare_share(share: pathlib.Path) -> str:
     return write_big_file(share / "big.bin")
 
 
-@pytest.fixture(scope="module")
-def main_boot(daemon_name: str, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp(f"main-{daemon_name}")
+@dataclasses.dataclass(frozen=True)
+class MainBoot:
+    result: runner.BootResult
+    work: pathlib.Path
+    big_sha256: str
+    host_copy_sha256: str
+    host_copy_kib: int
+
+
+def run_main_workload(daemon_name: str, root: pathlib.Path) -> MainBoot:
     share = root / "share"
     share.mkdir()
     big_sha256 = prepare_share(share)
     script = runner.guest_script("main.sh", prelude=f"TREE_FILES={TREE_FILES}\n")
-    result = runner.boot(daemon_name, share, script, timeout=BOOT_TIMEOUT, log_dir=root / "logs")
-    yield result, share / "work", big_sha256
-    # The logs stay for post-mortems; the 512 MiB of file data does not.
-    shutil.rmtree(share, ignore_errors=True)
+    try:
+        result = runner.boot(daemon_name, share, script, timeout=BOOT_TIMEOUT, log_dir=root / "logs")
+        copy = share / "work" / "big.copy"
+        copy_sha256 = _sha256(copy) if copy.exists() else "missing"
+        copy_kib = copy.stat().st_blocks * 512 // 1024 if copy.exists() else -1
+    finally:
+        # The 512 MiB of big files go at once; the small files stay for the host-side tests
+        # and the logs for post-mortems.
+        for big in (share / "big.bin", share / "work" / "big.copy"):
+            big.unlink(missing_ok=True)
+    return MainBoot(result, share / "work", big_sha256, copy_sha256, copy_kib)
+
+
+@pytest.fixture
+def main_boot(daemon_name: str, boot_once, tmp_path_factory: pytest.TempPathFactory) -> MainBoot:
+    return boot_once(
+        ("main", daemon_name),
+        lambda: run_main_workload(daemon_name, tmp_path_factory.mktemp(f"main-{daemon_name}")),
+    )
 
 
 def _guest_failure(result: runner.BootResult, detail: str) -> str:
@@ -81,7 +103,7 @@ def _guest_failure(result: runner.BootResult, detail: str) -> str:
 
 @pytest.mark.parametrize("check_name", GUEST_CHECKS)
 def test_guest_check(main_boot, check_name: str) -> None:
-    result, _, _ = main_boot
+    result = main_boot.result
     check = result.check(check_name)
     assert check is not None, _guest_failure(
         result, f"the guest never reported {check_name!r} (did the workload die before it?)"
@@ -90,27 +112,27 @@ def test_guest_check(main_boot, check_name: str) -> None:
 
 
 def test_every_guest_check_reported_once(main_boot) -> None:
-    result, _, _ = main_boot
+    result = main_boot.result
     reported = [check.name for check in result.checks]
     assert sorted(reported) == sorted(GUEST_CHECKS), _guest_failure(result, "reported checks differ")
 
 
 def test_guest_unmounted_and_powered_off(main_boot) -> None:
-    result, _, _ = main_boot
+    result = main_boot.result
     assert result.markers() == [
         "GUEST-MOUNTED", "GUEST-WORKLOAD-EXIT 0", "GUEST-UNMOUNTED", "GUEST-POWEROFF"
     ], _guest_failure(result, "the guest did not mount, run, unmount and power off cleanly")
 
 
 def test_daemon_logs_its_connection(main_boot) -> None:
-    result, _, _ = main_boot
+    result = main_boot.result
     log = result.daemon_log.lower()
     assert re.search(r"waiting for .*connection", log), f"no 'waiting for connection':\n{result.daemon_log}"
     assert "client connected" in log, f"no 'client connected':\n{result.daemon_log}"
 
 
 def test_daemon_exits_zero_when_qemu_goes_away(main_boot) -> None:
-    result, _, _ = main_boot
+    result = main_boot.result
     assert result.daemon_returncode == 0, (
         f"daemon exit status {result.daemon_returncode} (None: still running "
         f"{runner.DAEMON_EXIT_SECONDS} s after QEMU exited)\n{runner.tail(result.daemon_log, 20)}"
@@ -126,34 +148,31 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def test_host_big_copy_is_identical(main_boot) -> None:
-    _, work, big_sha256 = main_boot
-    copy = work / "big.copy"
-    assert copy.stat().st_size == BIG_FILE_BYTES
-    assert _sha256(copy) == big_sha256, "the guest's cp of big.bin differs from the original on the host"
+    assert main_boot.host_copy_sha256 == main_boot.big_sha256, (
+        "the guest's cp of big.bin differs from the original on the host "
+        f"(host sha256 of the copy: {main_boot.host_copy_sha256})"
+    )
 
 
 def test_guest_reads_back_the_big_copy(main_boot) -> None:
-    result, _, big_sha256 = main_boot
-    assert result.values.get("big_copy_sha256") == big_sha256, (
+    assert main_boot.result.values.get("big_copy_sha256") == main_boot.big_sha256, (
         "the guest's sha256 of big.copy after dropping its page cache differs from the host's"
     )
 
 
 def test_guest_du_matches_host_blocks(main_boot) -> None:
-    result, work, _ = main_boot
-    host_kib = (work / "big.copy").stat().st_blocks * 512 // 1024
-    assert result.values.get("du_big_kib") == str(host_kib)
+    assert main_boot.result.values.get("du_big_kib") == str(main_boot.host_copy_kib)
 
 
 def test_host_sees_echo_and_append(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert (work / "notes.txt").read_bytes() == b"first\nsecond\n"
     assert (work / "overwritten.txt").read_bytes() == b"again\n"
     assert (work / "offset.txt").read_bytes() == b"012XY56789"
 
 
 def test_host_sees_directories_created_and_removed(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert (work / "a" / "b" / "c" / "d").is_dir()
     assert not (work / "doomed").exists()
     assert not (work / "empty_dir").exists()
@@ -161,7 +180,7 @@ def test_host_sees_directories_created_and_removed(main_boot) -> None:
 
 
 def test_host_sees_renames(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert (work / "mv_dst.txt").read_bytes() == b"moved\n"
     assert not (work / "mv_src.txt").exists()
     assert (work / "over_dst.txt").read_bytes() == b"new\n"
@@ -174,7 +193,7 @@ def test_host_sees_renames(main_boot) -> None:
 
 
 def test_host_sees_links(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     target, hard = (work / "target.txt").stat(), (work / "hard.txt").stat()
     assert (target.st_ino, target.st_nlink) == (hard.st_ino, 2)
     assert os.readlink(work / "sym.txt") == "target.txt"
@@ -183,7 +202,7 @@ def test_host_sees_links(main_boot) -> None:
 
 
 def test_host_sees_modes_and_owners(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert stat.S_IMODE((work / "mode.txt").stat().st_mode) == 0o751
     assert stat.S_IMODE((work / "private").stat().st_mode) == 0o700
     owned = (work / "owned.txt").stat()
@@ -193,19 +212,19 @@ def test_host_sees_modes_and_owners(main_boot) -> None:
 
 
 def test_host_sees_touch_d_mtimes(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert (work / "dated.txt").stat().st_mtime == TOUCH_D_EPOCH
     assert (work / "notes.txt").stat().st_mtime == TOUCH_D_EPOCH
 
 
 def test_host_sees_truncation(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert (work / "trunc.txt").read_bytes() == b"0123"
     assert (work / "grown.txt").read_bytes() == bytes(1024 * 1024)
 
 
 def test_host_sees_identical_untarred_tree(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     untarred = work / "untar" / "tree"
     found = sorted(str(path.relative_to(untarred)) for path in untarred.rglob("*") if path.is_file())
     assert len(found) == TREE_FILES
@@ -216,12 +235,12 @@ def test_host_sees_identical_untarred_tree(main_boot) -> None:
 
 
 def test_host_sees_fifo(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     assert stat.S_ISFIFO((work / "fifo").lstat().st_mode)
 
 
 def test_host_sees_guest_user_as_owner(main_boot) -> None:
-    _, work, _ = main_boot
+    work = main_boot.work
     home = work / "home"
     for name in ("mine.txt", "mydir", "mylink", "myfifo", "r2", "umask.txt"):
         info = (home / name).lstat()
