@@ -20,6 +20,15 @@ if [[ ${VIRTIOFSD_SKIP_INSTALL:-0} != 1 ]]; then
     VIRTIOFSD_RUST_REFERENCE=$(bash "$reference_tool" | awk '$1 == "rust" {print $2}')
     export VIRTIOFSD_RUST_REFERENCE
   fi
+  if [[ ,$VIRTIOFSD_GUEST_DAEMONS, == *,rust,* && ! -x ${VIRTIOFSD_RUST_REFERENCE:-/var/tmp/virtiofsd-reference/rust-virtiofsd} ]]; then
+    echo "test.sh: the Rust reference daemon is not available (no $reference_tool);" \
+         "guest tests run against ours only" >&2
+    export VIRTIOFSD_GUEST_DAEMONS=ours
+  fi
+  if [[ -z ${VIRTIOFSD_QEMU_BACKPORTS:-} ]]; then
+    VIRTIOFSD_QEMU_BACKPORTS=$(bash "$REPO/scripts/qemu-backports.sh")
+    export VIRTIOFSD_QEMU_BACKPORTS
+  fi
 fi
 
 status=0

@@ -21,6 +21,13 @@ KNOWN_DAEMONS = ("ours", "rust")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--guest-qemus",
+        default=os.environ.get("VIRTIOFSD_GUEST_QEMUS", "system,backports"),
+        help="comma-separated QEMUs the main workload boots under: system (Debian 12's 7.2), "
+             "backports (10.0, fetched by scripts/qemu-backports.sh) "
+             "(default: $VIRTIOFSD_GUEST_QEMUS or 'system,backports')",
+    )
+    parser.addoption(
         "--guest-daemons",
         default=os.environ.get("VIRTIOFSD_GUEST_DAEMONS", "ours,rust"),
         help="comma-separated daemons the real-guest tests boot against: ours, rust "
@@ -47,9 +54,19 @@ def selected_daemons(config: pytest.Config) -> list[str]:
     return names
 
 
+def selected_qemus(config: pytest.Config) -> list[str]:
+    names = [name.strip() for name in config.getoption("--guest-qemus").split(",") if name.strip()]
+    unknown = [name for name in names if name not in runner.QEMUS]
+    if unknown:
+        raise pytest.UsageError(f"--guest-qemus: unknown {unknown}; choose from {list(runner.QEMUS)}")
+    return names
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "daemon_name" in metafunc.fixturenames:
         metafunc.parametrize("daemon_name", selected_daemons(metafunc.config))
+    if "qemu_name" in metafunc.fixturenames:
+        metafunc.parametrize("qemu_name", selected_qemus(metafunc.config))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,6 +75,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.guest)
             item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture
+def qemu_binary(qemu_name: str) -> str:
+    """The QEMU of this test; one that is selected but missing fails with the fix."""
+    binary = runner.QEMUS[qemu_name]
+    if shutil.which(binary) is None:
+        pytest.fail(f"QEMU '{qemu_name}' ({binary}) is missing: run scripts/qemu-backports.sh, or "
+                    f"leave it out with --guest-qemus")
+    return binary
 
 
 @pytest.fixture(scope="session", autouse=True)

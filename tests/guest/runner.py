@@ -31,6 +31,11 @@ RUST_REFERENCE = pathlib.Path(
     os.environ.get("VIRTIOFSD_RUST_REFERENCE", "/var/tmp/virtiofsd-reference/rust-virtiofsd")
 )
 QEMU = os.environ.get("VIRTIOFSD_QEMU", "qemu-system-x86_64")
+#: QEMU 10.0 from bookworm-backports (scripts/qemu-backports.sh prints its path).
+QEMU_BACKPORTS = os.environ.get("VIRTIOFSD_QEMU_BACKPORTS",
+                                "/var/tmp/qemu-backports/qemu-system-x86_64")
+#: The QEMUs a guest test can boot under, by the name tests and options use.
+QEMUS = {"system": QEMU, "backports": QEMU_BACKPORTS}
 GUEST_MEMORY_MIB = 512
 SOCKET_APPEAR_SECONDS = 30.0
 DAEMON_EXIT_SECONDS = 15.0
@@ -125,10 +130,10 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_path: pathlib.Path,
-                 console_path: pathlib.Path) -> list[str]:
+                 console_path: pathlib.Path, qemu: str = QEMU) -> list[str]:
     memory = f"{GUEST_MEMORY_MIB}M"
     return [
-        QEMU, "-accel", "tcg", "-smp", "1", "-m", memory,
+        qemu, "-accel", "tcg", "-smp", "1", "-m", memory,
         "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
         "-numa", "node,memdev=mem",
         "-chardev", f"socket,id=c0,path={socket_path}",
@@ -164,7 +169,7 @@ def _wait_for_guest(qemu_process: subprocess.Popen, daemon_process: subprocess.P
 def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: list[str] = (),
          wrapper: list[str] = (), timeout: float = 300.0,
          log_dir: pathlib.Path | None = None,
-         extra_files: dict[str, bytes] | None = None) -> BootResult:
+         extra_files: dict[str, bytes] | None = None, qemu: str = QEMU) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
@@ -218,7 +223,7 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
 
         with qemu_log_path.open("wb") as qemu_log_file:
             qemu_process = subprocess.Popen(
-                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path)],
+                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu)],
                 stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

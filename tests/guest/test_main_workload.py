@@ -71,13 +71,14 @@ class MainBoot:
     host_copy_kib: int
 
 
-def run_main_workload(daemon_name: str, root: pathlib.Path) -> MainBoot:
+def run_main_workload(daemon_name: str, root: pathlib.Path, qemu: str = runner.QEMU) -> MainBoot:
     share = root / "share"
     share.mkdir()
     big_sha256 = prepare_share(share)
     script = runner.guest_script("main.sh", prelude=f"TREE_FILES={TREE_FILES}\n")
     try:
-        result = runner.boot(daemon_name, share, script, timeout=BOOT_TIMEOUT, log_dir=root / "logs")
+        result = runner.boot(daemon_name, share, script, timeout=BOOT_TIMEOUT, log_dir=root / "logs",
+                             qemu=qemu)
         copy = share / "work" / "big.copy"
         copy_sha256 = _sha256(copy) if copy.exists() else "missing"
         copy_kib = copy.stat().st_blocks * 512 // 1024 if copy.exists() else -1
@@ -90,10 +91,15 @@ def run_main_workload(daemon_name: str, root: pathlib.Path) -> MainBoot:
 
 
 @pytest.fixture
-def main_boot(daemon_name: str, boot_once, tmp_path_factory: pytest.TempPathFactory) -> MainBoot:
+def main_boot(daemon_name: str, qemu_name: str, qemu_binary: str, boot_once,
+              tmp_path_factory: pytest.TempPathFactory) -> MainBoot:
+    """One boot of the main workload per daemon and QEMU version (7.2 and 10.0 send different
+    vhost-user messages: 10.0 negotiates more protocol features)."""
     return boot_once(
-        ("main", daemon_name),
-        lambda: run_main_workload(daemon_name, tmp_path_factory.mktemp(f"main-{daemon_name}")),
+        ("main", daemon_name, qemu_name),
+        lambda: run_main_workload(daemon_name,
+                                  tmp_path_factory.mktemp(f"main-{daemon_name}-{qemu_name}"),
+                                  qemu_binary),
     )
 
 
