@@ -22,22 +22,13 @@ from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, InitFlag, Opcode
 from virtiofsd.testing import FuseClient, FuseReplyError
 from virtiofsd.testing.fuse_client import LINUX_6_1_INIT_FLAGS
+from support.attrs import assert_attr_matches
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 MiB = 1 << 20
-
-
-def assert_attr_matches(attr, st: os.stat_result) -> None:
-    assert attr.ino == st.st_ino
-    assert attr.mode == st.st_mode
-    assert attr.size == st.st_size
-    assert attr.nlink == st.st_nlink
-    assert (attr.uid, attr.gid) == (st.st_uid, st.st_gid)
-    assert attr.mtime * 10**9 + attr.mtimensec == st.st_mtime_ns
-    assert attr.ctime * 10**9 + attr.ctimensec == st.st_ctime_ns
 
 
 def fuse_error(call, *args, **kwargs) -> int:

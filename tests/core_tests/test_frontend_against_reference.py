@@ -33,6 +33,7 @@ from virtiofsd.testing import (
 from virtiofsd.testing.driver_ring import VRING_DESC_F_WRITE, need_event
 from virtiofsd.testing.fuse_client import parse_entry
 from virtiofsd.vhost_user.messages import ProtocolFeature, VirtioFeature
+from support.attrs import assert_attr_matches
 
 REFERENCE = Path("/var/tmp/virtiofsd-reference/rust-virtiofsd")
 C_REFERENCE = Path("/var/tmp/virtiofsd-reference/c-virtiofsd")
@@ -85,15 +86,6 @@ def fuse(share: Path) -> Iterator[FuseClient]:
     with reference(share) as session:
         assert session.client is not None
         yield session.client
-
-
-def assert_attr_matches(attr, st: os.stat_result) -> None:  # type: ignore[no-untyped-def]
-    assert attr.ino == st.st_ino
-    assert attr.mode == st.st_mode
-    assert attr.size == st.st_size
-    assert attr.nlink == st.st_nlink
-    assert (attr.uid, attr.gid) == (st.st_uid, st.st_gid)
-    assert attr.mtime * 10**9 + attr.mtimensec == st.st_mtime_ns
 
 
 # -- front-end machinery that needs no daemon -----------------------------------------------

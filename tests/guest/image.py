@@ -234,7 +234,8 @@ def fetch_kernel_package(cache: pathlib.Path, package: str) -> pathlib.Path:
     return downloaded[-1]
 
 
-def _file_digest(path: pathlib.Path) -> str:
+def file_sha256(path: pathlib.Path) -> str:
+    """Hex SHA-256 of a file, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -295,7 +296,7 @@ def build(cache: pathlib.Path = DEFAULT_CACHE) -> GuestImage:
     package = kernel_package_name()
     deb = fetch_kernel_package(cache, package)
     key_source = "\n".join(
-        [BUILD_FORMAT, deb.name, _file_digest(BUSYBOX), ",".join(MODULES), INIT_SCRIPT, PASSWD, GROUP]
+        [BUILD_FORMAT, deb.name, file_sha256(BUSYBOX), ",".join(MODULES), INIT_SCRIPT, PASSWD, GROUP]
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     target = cache / f"image-{key}"

@@ -17,7 +17,7 @@ import stat
 
 import pytest
 
-from . import runner
+from . import image, runner
 
 BIG_FILE_BYTES = 256 * 1024 * 1024
 TREE_DIRS = 30
@@ -80,7 +80,7 @@ def run_main_workload(daemon_name: str, root: pathlib.Path, qemu: str = runner.Q
         result = runner.boot(daemon_name, share, script, timeout=BOOT_TIMEOUT, log_dir=root / "logs",
                              qemu=qemu)
         copy = share / "work" / "big.copy"
-        copy_sha256 = _sha256(copy) if copy.exists() else "missing"
+        copy_sha256 = image.file_sha256(copy) if copy.exists() else "missing"
         copy_kib = copy.stat().st_blocks * 512 // 1024 if copy.exists() else -1
     finally:
         # The 512 MiB of big files go at once; the small files stay for the host-side tests
@@ -143,14 +143,6 @@ def test_daemon_exits_zero_when_qemu_goes_away(main_boot) -> None:
         f"daemon exit status {result.daemon_returncode} (None: still running "
         f"{runner.DAEMON_EXIT_SECONDS} s after QEMU exited)\n{runner.tail(result.daemon_log, 20)}"
     )
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def test_host_big_copy_is_identical(main_boot) -> None:
