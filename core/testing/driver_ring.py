@@ -38,6 +38,7 @@ import errno
 import os
 import select
 import struct
+import sys
 import time
 from collections.abc import Sequence
 
@@ -60,7 +61,6 @@ VRING_USED_F_NO_NOTIFY = 1
 MAX_QUEUE_SIZE = 32768
 
 DESCRIPTOR = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _U64 = struct.Struct("<Q")
 _ONE = _U64.pack(1)
@@ -68,6 +68,12 @@ _ONE = _U64.pack(1)
 # Offsets inside the available and used rings.
 _IDX = 2
 _RING = 4
+# The same positions in the 'H' casts of the rings.
+_IDX16 = _IDX // 2
+_RING16 = _RING // 2
+
+if sys.byteorder != "little":
+    raise ImportError("the driver ring writes its little-endian ring fields in native order")
 
 
 def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
@@ -98,18 +104,22 @@ class DriverQueue:
         self._desc = memory.view(self.desc_gpa, 16 * size)
         self._avail = memory.view(self.avail_gpa, 6 + 2 * size)
         self._used = memory.view(self.used_gpa, 6 + 8 * size)
-        self._used_event_offset = _RING + 2 * size
-        self._avail_event_offset = _RING + 8 * size
+        # 16-bit ring fields go through 'H' casts: one 2-byte load or store each.
+        # struct.pack_into would zero-fill first, so the device could read an index of 0.
+        self._avail16 = self._avail.cast("H")
+        self._used16 = self._used.cast("H")
+        self._used_event = (_RING + 2 * size) // 2
+        self._avail_event = (_RING + 8 * size) // 2
         self._free: list[int] = list(range(size - 1, -1, -1))
         self._chains: dict[int, tuple[int, ...]] = {}
         base &= 0xFFFF
         self._avail_idx = base
         self._kicked_avail_idx = base
         self._last_used_idx = base
-        _U16.pack_into(self._avail, _IDX, base)
-        _U16.pack_into(self._used, _IDX, base)
+        self._avail16[_IDX16] = base
+        self._used16[_IDX16] = base
         if event_idx:
-            _U16.pack_into(self._avail, self._used_event_offset, base)
+            self._avail16[self._used_event] = base
         self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.call_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poller = select.poll()
@@ -171,10 +181,10 @@ class DriverQueue:
             if new_idx == old_idx:
                 return False
             if self.event_idx:
-                avail_event = _U16.unpack_from(self._used, self._avail_event_offset)[0]
+                avail_event = self._used16[self._avail_event]
                 if not need_event(avail_event, new_idx, old_idx):
                     return False
-            elif _U16.unpack_from(self._used, 0)[0] & VRING_USED_F_NO_NOTIFY:
+            elif self._used16[0] & VRING_USED_F_NO_NOTIFY:
                 return False
         os.write(self.kick_fd, _ONE)
         return True
@@ -187,7 +197,7 @@ class DriverQueue:
         flag; an index larger than the queue size is reported too, never used to index.
         """
         used = self._used
-        used_idx = _U16.unpack_from(used, _IDX)[0]
+        used_idx = self._used16[_IDX16]
         last = self._last_used_idx
         if used_idx == last:
             return []
@@ -211,7 +221,7 @@ class DriverQueue:
             completed.append((head, length))
         self._last_used_idx = last
         if self.event_idx:
-            _U16.pack_into(self._avail, self._used_event_offset, last)
+            self._avail16[self._used_event] = last
         return completed
 
     def wait_used(self, timeout: float) -> list[tuple[int, int]]:
@@ -245,11 +255,11 @@ class DriverQueue:
             pass
 
     def _publish(self, head: int) -> None:
-        avail = self._avail
+        avail16 = self._avail16
         idx = self._avail_idx
-        _U16.pack_into(avail, _RING + 2 * (idx & (self.size - 1)), head)
+        avail16[_RING16 + (idx & (self.size - 1))] = head
         idx = (idx + 1) & 0xFFFF
-        _U16.pack_into(avail, _IDX, idx)
+        avail16[_IDX16] = idx
         self._avail_idx = idx
 
     # -- deliberate misuse, for robustness tests ----------------------------------------------
@@ -277,11 +287,11 @@ class DriverQueue:
     def set_avail_idx(self, value: int) -> None:
         """Overwrite the published available index, e.g. to claim more entries than exist."""
         value &= 0xFFFF
-        _U16.pack_into(self._avail, _IDX, value)
+        self._avail16[_IDX16] = value
         self._avail_idx = value
 
     def read_used_idx(self) -> int:
-        return _U16.unpack_from(self._used, _IDX)[0]
+        return self._used16[_IDX16]
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -293,5 +303,5 @@ class DriverQueue:
         os.close(self.kick_fd)
         os.close(self.call_fd)
         self.kick_fd = self.call_fd = -1
-        for view in (self._desc, self._avail, self._used):
+        for view in (self._avail16, self._used16, self._desc, self._avail, self._used):
             view.release()

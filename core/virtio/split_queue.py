@@ -11,8 +11,17 @@ The two ``*_event`` fields exist only with VIRTIO_F_RING_EVENT_IDX.  Indices are
 
 One :class:`SplitQueue` belongs to exactly one worker thread; it is not thread-safe and needs
 not be.  The ring areas are translated to host views once (and again when the memory table
-changes, :meth:`SplitQueue.set_memory`), so the hot path is ``unpack_from``/``pack_into`` on
-memoryviews with precompiled structs.
+changes, :meth:`SplitQueue.set_memory`), so the hot path is item access on memoryviews and one
+precompiled struct.
+
+Single stores.  ``struct.Struct.pack_into`` zero-fills its destination before it writes the
+fields, so a 16-bit index written that way is briefly 0 to a reader on another CPU: a guest that
+reads ``used->idx`` in that window sees the index jump backwards and declares the ring broken.
+Every 16-bit ring field (indices, flags, event indices, avail entries) is therefore read and
+written through a ``'H'``-format cast of the ring view: one native 2-byte load or store, which is
+also cheaper than a ``struct`` call.  Native order is the ring's little-endian order on the hosts
+we run on; the import refuses a big-endian host.  A used element is still written with ``struct``:
+the guest does not look at it before the index that publishes it.
 
 Memory ordering.  On x86 (TSO) stores are seen in program order and loads are not reordered
 with other loads, so writing the used element before the used index, and reading the avail
@@ -26,6 +35,7 @@ lock executes a locked read-modify-write instruction, which is a full barrier on
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 
 from virtiofsd.errors import GuestProtocolError
@@ -44,14 +54,17 @@ MAX_QUEUE_SIZE = 32768
 VRING_AVAIL_F_NO_INTERRUPT = 1
 VRING_USED_F_NO_NOTIFY = 1
 
-_U16 = struct.Struct("<H")
+if sys.byteorder != "little":
+    raise ImportError("the split virtqueue accesses its little-endian rings in native order")
+
 _USED_ELEMENT = struct.Struct("<II")
-_unpack_u16 = _U16.unpack_from
-_pack_u16 = _U16.pack_into
 _pack_used_element = _USED_ELEMENT.pack_into
 
 _RING_HEADER = 4  # flags u16, idx u16
-_IDX_OFFSET = 2
+# Positions of the 16-bit fields in the 'H' casts of the avail and used rings.
+_FLAGS = 0
+_IDX = 1
+_AVAIL_RING = _RING_HEADER // 2
 
 
 def ring_layout_sizes(size: int, event_idx: bool) -> tuple[int, int, int]:
@@ -76,7 +89,8 @@ class SplitQueue:
 
     __slots__ = (
         "_avail",
-        "_avail_event_offset",
+        "_avail16",
+        "_avail_event",
         "_avail_idx",
         "_desc",
         "_fence",
@@ -85,7 +99,8 @@ class SplitQueue:
         "_signalled_used",
         "_signalled_valid",
         "_used",
-        "_used_event_offset",
+        "_used16",
+        "_used_event",
         "_used_idx",
         "avail_gpa",
         "desc_gpa",
@@ -123,14 +138,15 @@ class SplitQueue:
         self.event_idx = event_idx
         self.indirect = indirect
         self._mask = size - 1
-        self._used_event_offset = _RING_HEADER + 2 * size
-        self._avail_event_offset = _RING_HEADER + _USED_ELEMENT.size * size
+        # Indices into the 'H' casts: used_event follows the avail ring, avail_event the used one.
+        self._used_event = (_RING_HEADER + 2 * size) // 2
+        self._avail_event = (_RING_HEADER + _USED_ELEMENT.size * size) // 2
         self._fence = threading.Lock()
         self.set_memory(mem)
         self.last_avail = last_avail
         # The used index lives in guest memory; the device continues from there (the
         # vhost-user spec: GET/SET_VRING_BASE carry only the avail side for split rings).
-        self._used_idx = _unpack_u16(self._used, _IDX_OFFSET)[0]
+        self._used_idx = self._used16[_IDX]
         self._signalled_used = self._used_idx
         self._signalled_valid = False
 
@@ -149,6 +165,8 @@ class SplitQueue:
         self._desc = desc
         self._avail = avail
         self._used = used
+        self._avail16 = avail.cast("H")
+        self._used16 = used.cast("H")
 
     @property
     def last_avail(self) -> int:
@@ -175,7 +193,7 @@ class SplitQueue:
         """
         last = self._last_avail
         if last == self._avail_idx:
-            avail_idx = _unpack_u16(self._avail, _IDX_OFFSET)[0]
+            avail_idx = self._avail16[_IDX]
             pending = (avail_idx - last) & 0xFFFF
             if not pending:
                 return None
@@ -185,7 +203,7 @@ class SplitQueue:
                     f"entry {last}, more than the queue size {self.size}"
                 )
             self._avail_idx = avail_idx
-        head = _unpack_u16(self._avail, _RING_HEADER + 2 * (last & self._mask))[0]
+        head = self._avail16[_AVAIL_RING + (last & self._mask)]
         self._last_avail = (last + 1) & 0xFFFF
         if head >= self.size:
             raise InvalidChainError(
@@ -205,7 +223,7 @@ class SplitQueue:
         idx = self._used_idx
         _pack_used_element(self._used, _RING_HEADER + 8 * (idx & self._mask), head, written)
         idx = (idx + 1) & 0xFFFF
-        _pack_u16(self._used, _IDX_OFFSET, idx)
+        self._used16[_IDX] = idx
         self._used_idx = idx
 
     # ---- notifications ----------------------------------------------------------------
@@ -225,10 +243,9 @@ class SplitQueue:
         self._signalled_valid = True
         self._full_barrier()
         if self.event_idx:
-            used_event = _unpack_u16(self._avail, self._used_event_offset)[0]
+            used_event = self._avail16[self._used_event]
             return not valid or ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        flags = _unpack_u16(self._avail, 0)[0]
-        return not flags & VRING_AVAIL_F_NO_INTERRUPT
+        return not self._avail16[_FLAGS] & VRING_AVAIL_F_NO_INTERRUPT
 
     def disable_notifications(self) -> None:
         """Ask the driver not to kick while we are draining anyway.
@@ -237,16 +254,16 @@ class SplitQueue:
         passes ``avail_event``, which we simply stop advancing until we re-enable.
         """
         if not self.event_idx:
-            _pack_u16(self._used, 0, VRING_USED_F_NO_NOTIFY)
+            self._used16[_FLAGS] = VRING_USED_F_NO_NOTIFY
 
     def enable_notifications(self) -> bool:
         """Ask for kicks again; True if chains arrived meanwhile (drain again, no kick comes)."""
         if self.event_idx:
-            _pack_u16(self._used, self._avail_event_offset, self._last_avail)
+            self._used16[self._avail_event] = self._last_avail
         else:
-            _pack_u16(self._used, 0, 0)
+            self._used16[_FLAGS] = 0
         self._full_barrier()
-        return _unpack_u16(self._avail, _IDX_OFFSET)[0] != self._last_avail
+        return self._avail16[_IDX] != self._last_avail
 
     def _full_barrier(self) -> None:
         self._fence.acquire()

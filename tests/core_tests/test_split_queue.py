@@ -417,3 +417,48 @@ def test_set_memory_retranslates_the_rings():
     struct.pack_into("<H", replacement, AVAIL - BASE + 2, 1)
     struct.pack_into("<QIHH", replacement, 0, DATA, 1, 0, 0)
     assert queue.pop().head == 0
+
+
+def test_a_concurrent_reader_never_sees_the_used_index_go_backwards():
+    """The guest reads ``used->idx`` from another CPU while we publish.  The index must move
+    forward with single 2-byte stores: ``struct.pack_into`` zero-fills before it writes, which
+    showed a reader an index of 0 (a ring that "went backwards", which Linux treats as broken)."""
+    import mmap
+    import multiprocessing
+    import time
+
+    shared = mmap.mmap(-1, MEM_SIZE)  # anonymous and shared: the forked reader sees our stores
+    mem = GuestMemory([MappedRegion(BASE, MEM_SIZE, 0x7F00_0000_0000, memoryview(shared))])
+    start = 0x4000  # far from 0, so a torn store shows as a jump backwards
+    struct.pack_into("<H", shared, USED - BASE + 2, start)
+    queue = SplitQueue(8, DESC, AVAIL, USED, mem, event_idx=False, indirect=False, last_avail=0)
+    backwards = multiprocessing.get_context("fork").Value("q", 0)
+    ready = multiprocessing.get_context("fork").Event()
+    stop = multiprocessing.get_context("fork").Event()
+
+    def reader() -> None:
+        view = memoryview(shared)[USED - BASE: USED - BASE + 4].cast("H")
+        previous = view[1]
+        ready.set()
+        seen = 0
+        while not stop.is_set():
+            for _ in range(10_000):
+                current = view[1]
+                if (current - previous) & 0xFFFF >= 0x8000:
+                    seen += 1
+                previous = current
+        backwards.value = seen
+
+    process = multiprocessing.get_context("fork").Process(target=reader)
+    process.start()
+    try:
+        assert ready.wait(10)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                queue.push_used(0, 0)
+    finally:
+        stop.set()
+        process.join(10)
+    assert process.exitcode == 0
+    assert backwards.value == 0
