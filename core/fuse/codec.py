@@ -35,6 +35,7 @@ from virtiofsd.fuse.context import Request
 
 IN_HEADER_SIZE = abi.IN_HEADER.size
 OUT_HEADER_SIZE = abi.OUT_HEADER.size
+_MAX_REQUEST_SIZE = abi.MAX_REQUEST_SIZE
 
 _NS = 1_000_000_000
 _SIGN_BIT = 1 << 63
@@ -124,31 +125,34 @@ def decode_request(readable: Views, header: tuple[int, ...], operation: Operatio
     length, opcode, unique, nodeid, uid, gid, pid, total_extlen, _padding = header
     if length < IN_HEADER_SIZE:
         raise GuestProtocolError(f"header length {length} is shorter than the header")
-    if length > abi.MAX_REQUEST_SIZE:
+    if length > _MAX_REQUEST_SIZE:
         raise FuseError(errno.ENOMEM, f"request of {length} bytes exceeds "
-                        f"{abi.MAX_REQUEST_SIZE}")
+                        f"{_MAX_REQUEST_SIZE}")
     args_end = length - total_extlen * 8
     if args_end < IN_HEADER_SIZE:
         raise GuestProtocolError(f"{total_extlen * 8} bytes of extensions do not fit a "
                                  f"request of {length} bytes")
+    # The arguments as one view when one buffer holds them (the usual layouts: arguments
+    # after the header in the same buffer, or alone in the next one), else as pieces.
     first = readable[0]
+    args: Buffer | None = None
     if len(first) >= args_end:
-        segments = [first[IN_HEADER_SIZE:args_end]]
-    elif (len(first) == IN_HEADER_SIZE and len(readable) > 1
-          and len(readable[1]) >= args_end - IN_HEADER_SIZE):
-        segments = [readable[1][:args_end - IN_HEADER_SIZE]]
-    else:
-        segments = gather(readable, IN_HEADER_SIZE, args_end)
+        args = first[IN_HEADER_SIZE:args_end]
+    elif len(first) == IN_HEADER_SIZE and len(readable) > 1:
+        second = readable[1]
+        if len(second) >= args_end - IN_HEADER_SIZE:
+            args = second[:args_end - IN_HEADER_SIZE]
     req = Request(unique, opcode, nodeid, uid, gid, pid, session)
     if args_end < length:
         apply_extensions(req, b"".join(gather(readable, args_end, length)))
+    if args is not None:
+        return req, operation.decode([args] if operation.scatter else args, nodeid, session)
+    segments = gather(readable, IN_HEADER_SIZE, args_end)
     if operation.scatter:
-        kwargs = operation.decode(segments, nodeid, session)
-    elif len(segments) == 1:
-        kwargs = operation.decode(segments[0], nodeid, session)
-    else:
-        kwargs = operation.decode(b"".join(segments), nodeid, session)
-    return req, kwargs
+        return req, operation.decode(segments, nodeid, session)
+    if len(segments) == 1:
+        return req, operation.decode(segments[0], nodeid, session)
+    return req, operation.decode(b"".join(segments), nodeid, session)
 
 
 # --- Request extensions -------------------------------------------------------------------------
@@ -223,7 +227,15 @@ def _fixed(layout: struct.Struct, args: Buffer, what: str) -> tuple[int, ...]:
 
 def _names(buf: Buffer, count: int, what: str) -> list[bytes]:
     """Exactly ``count`` NUL-terminated strings filling ``buf``, without their NULs."""
-    parts = bytes(buf).split(b"\0")
+    data = bytes(buf)
+    if count == 1:
+        # The common case (LOOKUP, UNLINK, ...): the only NUL is the last byte.
+        end = data.find(b"\0")
+        if end < 0 or end != len(data) - 1:
+            raise GuestProtocolError(f"{what}: expected 1 NUL-terminated name(s) filling "
+                                     f"{len(buf)} bytes")
+        return [data[:end]]
+    parts = data.split(b"\0")
     if len(parts) != count + 1 or parts[count]:
         raise GuestProtocolError(f"{what}: expected {count} NUL-terminated name(s) filling "
                                  f"{len(buf)} bytes")

@@ -10,6 +10,7 @@ Encoders are module functions over precompiled structs: they run once per reques
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Protocol
 
@@ -37,8 +38,13 @@ class StatLike(Protocol):
     st_blksize: int
 
 
+@functools.lru_cache(maxsize=32)
 def split_timeout(seconds: float) -> tuple[int, int]:
-    """Seconds as a float -> (whole seconds, nanoseconds), as FUSE's ``*_valid`` fields want."""
+    """Seconds as a float -> (whole seconds, nanoseconds), as FUSE's ``*_valid`` fields want.
+
+    Cached: a file system answers with one or two timeouts, and every entry and attribute reply
+    splits them.
+    """
     whole = int(seconds)
     return whole, int(round((seconds - whole) * _NS))
 

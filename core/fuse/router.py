@@ -47,6 +47,13 @@ log = logging.getLogger(__name__)
 Op = abi.Opcode
 _NO_REPLY = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT))
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+# Plain ints for the per-request comparisons: an enum member is a class attribute lookup.
+_INIT = int(Op.INIT)
+_DESTROY = int(Op.DESTROY)
+_READ = int(Op.READ)
+_WRITE = int(Op.WRITE)
+_INTERRUPT = int(Op.INTERRUPT)
+_OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
 
 
 def _opcode_name(opcode: int) -> str:
@@ -117,11 +124,11 @@ class FuseRouter:
             self._serve_without_reply(queue_index, readable, header)
             return 0
         session = self._session
-        if opcode == Op.INIT:
+        if opcode == _INIT:
             return self._init(readable, writable, header)
         if not session.initialized:
             return codec.write_error(writable, unique, errno.EIO)
-        if opcode == Op.DESTROY:
+        if opcode == _DESTROY:
             return self._destroy(readable, writable, header)
         entry = self._table.get(opcode)
         if entry is None:
@@ -129,7 +136,7 @@ class FuseRouter:
         operation, hook = entry
         try:
             req, kwargs = codec.decode_request(readable, header, operation, session)
-            if opcode == Op.READ:
+            if opcode == _READ:
                 sink = codec.ReplySink(writable)
                 result = hook(req=req, sink=sink, **kwargs)
                 return self._read_reply(writable, unique, result, sink)
@@ -151,7 +158,7 @@ class FuseRouter:
             return codec.write_error(writable, unique, errno.ENOSYS)
         if isinstance(result, _BYTES_LIKE):
             body = result
-        elif isinstance(result, int) and opcode == Op.WRITE:
+        elif isinstance(result, int) and opcode == _WRITE:
             body = WriteReply(result).encode()
         else:
             encode = getattr(result, "encode", None)
@@ -161,7 +168,7 @@ class FuseRouter:
                 return codec.write_error(writable, unique, errno.EIO)
             body = encode()
         written = codec.write_reply(writable, unique, body)
-        if written != codec.OUT_HEADER_SIZE + len(body):
+        if written != _OUT_HEADER_SIZE + len(body):
             self._guest_errors.error("%s (unique %d): reply of %d bytes does not fit %d "
                                      "writable bytes", _opcode_name(opcode), unique, len(body),
                                      sum(len(view) for view in writable))
@@ -170,12 +177,12 @@ class FuseRouter:
     def _read_reply(self, writable: Sequence[memoryview], unique: int, result: Any,
                     sink: codec.ReplySink) -> int:
         if type(result) is not int:
-            return self._reply(writable, unique, Op.READ, result)
+            return self._reply(writable, unique, _READ, result)
         if not 0 <= result <= sink.offered:
             log.error("READ (unique %d): the hook returned %r with %d bytes of buffers given",
                       unique, result, sink.offered)
             return codec.write_error(writable, unique, errno.EIO)
-        total = codec.OUT_HEADER_SIZE + result
+        total = _OUT_HEADER_SIZE + result
         if not codec.write_header(writable, unique, 0, total):
             return 0
         return total
@@ -185,7 +192,7 @@ class FuseRouter:
         """FORGET, BATCH_FORGET, INTERRUPT: act, never answer (the guest waits for nothing)."""
         opcode = header[1]
         session = self._session
-        if opcode == Op.INTERRUPT or not session.initialized:
+        if opcode == _INTERRUPT or not session.initialized:
             return
         operation, hook = self._table[opcode]
         try:

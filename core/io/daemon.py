@@ -54,6 +54,8 @@ __all__ = ["QueueWorker", "serve_connection"]
 
 logger = logging.getLogger(__name__)
 
+_POLL_FAILURE = select.POLLERR | select.POLLNVAL
+
 
 def _consume_eventfd(fd: int) -> None:
     """Reset an eventfd counter after poll reported it readable.
@@ -80,9 +82,12 @@ class QueueWorker:
         pool: Executor | None = None,
     ) -> None:
         self._vring = vring
+        self._index = vring.index
         self._queue = queue
         self._memory = memory
         self._handler = handler
+        # Resolved once: the handler is called for every chain.
+        self._handle_chain = handler.handle_chain
         self._guest_errors = guest_errors
         self._pool = pool
         # Serialises completions (used ring + notification decision) when a pool serves them.
@@ -128,18 +133,20 @@ class QueueWorker:
         poller = select.poll()
         poller.register(kick_fd, select.POLLIN)
         poller.register(self._wake_fd, select.POLLIN)
+        poll = poller.poll
+        process = self._process
         # Chains published before the ring started get no kick of their own.
-        self._process()
+        process()
         while not self._stopping:
-            for fd, events in poller.poll():
-                if events & (select.POLLERR | select.POLLNVAL):
+            for fd, events in poll():
+                if events & _POLL_FAILURE:
                     logger.error("ring %d: poll reports an error on fd %d (events %#x); "
                                  "the ring is no longer served", self._vring.index, fd, events)
                     return
                 _consume_eventfd(fd)
             if self._stopping:
                 return
-            self._process()
+            process()
 
     def _process(self) -> None:
         queue = self._queue
@@ -152,23 +159,28 @@ class QueueWorker:
             except GuestProtocolError as err:
                 self._guest_errors.error("ring %d: %s", self._vring.index, str(err))
                 return
-        if not self._vring.enabled:
+        vring = self._vring
+        if not vring.enabled:
             return
+        inline = self._pool is None
         while not self._stopping:
             queue.disable_notifications()
             healthy = self._drain()
-            if self._pool is None and queue.needs_notification():
-                self._vring.signal_call()
+            if inline and queue.needs_notification():
+                vring.signal_call()
             if not healthy or self._stopping or not queue.enable_notifications():
                 return
 
     def _drain(self) -> bool:
         """Complete every available chain; False if the ring itself is unusable."""
         queue = self._queue
-        index = self._vring.index
+        pop = queue.pop
+        push_used = queue.push_used
+        serve_chain = self._serve_chain
+        index = self._index
         while not self._stopping:
             try:
-                chain = queue.pop()
+                chain = pop()
             except InvalidChainError as err:
                 self._guest_errors.error("ring %d: %s", index, str(err))
                 if err.head is not None:
@@ -187,14 +199,14 @@ class QueueWorker:
                     self._in_flight += 1
                 self._pool.submit(self._serve_in_pool, chain)
                 continue
-            queue.push_used(chain.head, self._serve_chain(chain))
+            push_used(chain.head, serve_chain(chain))
         return True
 
     def _serve_chain(self, chain: DescriptorChain) -> int:
         """Run the handler on one chain; the bytes it wrote, or 0 when it failed."""
-        index = self._vring.index
+        index = self._index
         try:
-            written = self._handler.handle_chain(index, chain.readable, chain.writable)
+            written = self._handle_chain(index, chain.readable, chain.writable)
         except GuestProtocolError as err:
             self._guest_errors.error("ring %d: bad request in chain %d: %s",
                                      index, chain.head, err)

@@ -67,12 +67,16 @@ class DescriptorChain:
     appears as two consecutive views.
     """
 
-    __slots__ = ("head", "readable", "writable")
+    __slots__ = ("_writable_bytes", "head", "readable", "writable")
 
-    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview]) -> None:
+    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview],
+                 writable_bytes: int | None = None) -> None:
+        """``writable_bytes``, when the caller already knows it, must be the total of ``writable``
+        (the walker counts it on the way, sparing a sum for every completed request)."""
         self.head = head
         self.readable = readable
         self.writable = writable
+        self._writable_bytes = writable_bytes
 
     @property
     def readable_bytes(self) -> int:
@@ -80,7 +84,9 @@ class DescriptorChain:
 
     @property
     def writable_bytes(self) -> int:
-        return sum(view.nbytes for view in self.writable)
+        if self._writable_bytes is None:
+            self._writable_bytes = sum(view.nbytes for view in self.writable)
+        return self._writable_bytes
 
     def __repr__(self) -> str:
         return (
@@ -110,6 +116,7 @@ def walk_chain(
     visited = 0
     in_indirect = False
     writing = False
+    writable_bytes = 0
     while True:
         if visited == table_len:
             where = "indirect table" if in_indirect else "descriptor chain"
@@ -135,6 +142,7 @@ def walk_chain(
                     extend(writable, addr, length)
                 except GuestMemoryError as err:
                     raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
+                writable_bytes += length
         else:
             if writing:
                 raise InvalidChainError(
@@ -149,7 +157,7 @@ def walk_chain(
                     raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
 
         if not flags & VIRTQ_DESC_F_NEXT:
-            return DescriptorChain(head, readable, writable)
+            return DescriptorChain(head, readable, writable, writable_bytes)
         if next_index >= table_len:
             raise InvalidChainError(
                 head,
