@@ -23,6 +23,10 @@ LEVELS = {
     "off": logging.CRITICAL + 10,
 }
 
+#: Where ``--syslog`` sends records: the local syslog socket (a module constant so that tests can
+#: point it at a socket of their own).
+SYSLOG_SOCKET = "/dev/log"
+
 _STDERR_FORMAT = "[%(asctime)s %(levelname)-5s %(name)s] %(message)s"
 _SYSLOG_FORMAT = "virtiofsd[%(process)d]: %(levelname)s %(name)s: %(message)s"
 
@@ -34,7 +38,7 @@ def setup_logging(level: str = "info", use_syslog: bool = False) -> None:
         if getattr(handler, "_virtiofsd", False):
             root.removeHandler(handler)
     if use_syslog:
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        address = SYSLOG_SOCKET if os.path.exists(SYSLOG_SOCKET) else ("localhost", 514)
         handler: logging.Handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(_SYSLOG_FORMAT))

@@ -1,11 +1,13 @@
 """The daemon's life, start to exit: the order of start-up steps matters, so it lives in one place.
 
-1. Check the shared folder; take the ``<socket>.pid`` lock; create the listening socket (umask 077,
-   or 007 with ``--socket-group``, then chown to that group), or adopt ``--fd``.
-2. Raise RLIMIT_NOFILE; drop supplementary groups (CVE-2022-0358: a guest must never create files
+1. Load the plugins the configuration selects, so that a missing one stops the daemon with a
+   clear message before it listens (a front-end must never connect to a daemon about to fail).
+2. Take the ``<socket>.pid`` lock; create the listening socket (umask 077, or 007 with
+   ``--socket-group``, then chown to that group), or adopt ``--fd``.
+3. Raise RLIMIT_NOFILE; drop supplementary groups (CVE-2022-0358: a guest must never create files
    with a group the daemon merely happened to be in); set umask 0 (the guest applied its own).
-3. Build the plugin manager from the configuration and let every plugin configure itself.
-4. Accept exactly one front-end connection and serve it; when the front-end goes away, stop and
+4. Let every plugin configure itself.
+5. Accept exactly one front-end connection and serve it; when the front-end goes away, stop and
    exit 0, as the Rust daemon does.
 """
 
@@ -79,12 +81,12 @@ def run(config: Config) -> int:
     """Start, serve one front-end, and return the exit status."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
+    pm = make_plugin_manager(config)
     listener, pidfile = open_listener(config)
     try:
         apply_rlimit_nofile(config.rlimit_nofile)
         drop_supplementary_groups()
         os.umask(0)
-        pm = make_plugin_manager(config)
         pm.hook.virtiofsd_configure(config=config, pm=pm)
         try:
             router = FuseRouter(pm, config)

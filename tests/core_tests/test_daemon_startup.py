@@ -1,0 +1,196 @@
+"""Start-up options seen from outside: log level, syslog, fd limit, tag, third-party plugins."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import struct
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from virtiofsd import log as daemon_log
+from virtiofsd.limits import DEFAULT_CEILING, apply_rlimit_nofile, default_target
+from virtiofsd.testing import DaemonStartError, running_daemon
+from virtiofsd.vhost_user import messages as vu
+
+OURS = [sys.executable, "-m", "virtiofsd", "--socket-path", "{socket_path}", "--shared-dir",
+        "{shared_dir}", "--sandbox", "none", "--seccomp", "none", "--inode-file-handles=never"]
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    directory = tmp_path / "share"
+    directory.mkdir()
+    (directory / "file").write_bytes(b"data")
+    return directory
+
+
+def open_file_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' line")
+
+
+# --- --log-level ---------------------------------------------------------------------------
+
+
+def test_debug_level_traces_every_request(share):
+    with running_daemon([*OURS, "--log-level", "debug"], share) as session:
+        session.client.getattr(1)
+        session.client.lookup(1, b"file")
+        log_text = session.log_text()
+    assert re.search(r"GETATTR unique=\d+ nodeid=1", log_text)
+    assert re.search(r"LOOKUP unique=\d+ nodeid=1", log_text)
+
+
+def test_error_level_hides_information_lines(share):
+    with running_daemon([*OURS, "--log-level", "error"], share) as session:
+        session.client.getattr(1)
+        log_text = session.log_text()
+    assert "waiting for connection" not in log_text
+    assert "GETATTR" not in log_text
+
+
+def test_info_level_says_what_is_not_enforced_yet_in_one_line(share):
+    with running_daemon(OURS[:7], share) as session:
+        log_text = session.log_text()
+    lines = [line for line in log_text.splitlines() if "not enforced yet" in line]
+    assert len(lines) == 1
+    assert "sandbox" in lines[0] and "seccomp" in lines[0]
+
+
+# --- --syslog ------------------------------------------------------------------------------
+
+
+def test_syslog_sends_records_to_the_syslog_socket(tmp_path, monkeypatch):
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "log"
+    receiver.bind(str(path))
+    receiver.settimeout(5)
+    monkeypatch.setattr(daemon_log, "SYSLOG_SOCKET", str(path))
+    root = logging.getLogger()
+    previous_level = root.level
+    try:
+        daemon_log.setup_logging("info", use_syslog=True)
+        logging.getLogger("virtiofsd.test").info("hello syslog")
+        record = receiver.recv(4096).decode()
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "_virtiofsd", False)]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(previous_level)
+        receiver.close()
+    assert re.fullmatch(r"<30>virtiofsd\[\d+\]: INFO virtiofsd\.test: hello syslog\x00?", record)
+
+
+# --- --rlimit-nofile -----------------------------------------------------------------------
+
+
+def test_explicit_fd_limit_is_applied(share):
+    with running_daemon([*OURS, "--rlimit-nofile", "4096"], share) as session:
+        assert open_file_limit(session.process.pid) == (4096, 4096)
+
+
+def test_default_fd_limit_is_the_rust_default_or_the_hard_limit_with_a_warning(share):
+    with running_daemon(OURS, share) as session:
+        soft, hard = open_file_limit(session.process.pid)
+        log_text = session.log_text()
+    target = default_target()
+    if soft == target:
+        assert hard == target
+    else:
+        assert "the hard limit" in log_text and str(target) in log_text
+        assert soft == hard
+
+
+def test_zero_leaves_the_fd_limit_alone():
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert apply_rlimit_nofile(0) == before[0]
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == before
+
+
+def test_default_target_is_capped_at_a_million(tmp_path):
+    nr_open = tmp_path / "nr_open"
+    nr_open.write_text("1048576\n")
+    assert default_target(str(nr_open)) == DEFAULT_CEILING
+    nr_open.write_text("65536\n")
+    assert default_target(str(nr_open)) == 65536
+
+
+# --- --tag ---------------------------------------------------------------------------------
+
+
+def test_tag_is_advertised_in_the_config_space(share):
+    with running_daemon([*OURS, "--tag", "myfs"], share) as session:
+        frontend = session.client.frontend
+        assert frontend.offered_protocol_features & vu.ProtocolFeature.CONFIG
+        reply = vu.decode_config(frontend.query(vu.FrontendRequest.GET_CONFIG,
+                                                vu.encode_config(0, bytes(40))))
+    assert reply.data == b"myfs".ljust(36, b"\0") + struct.pack("<I", 1)
+
+
+def test_without_a_tag_there_is_no_config_space(share):
+    with running_daemon(OURS, share) as session:
+        assert not session.client.frontend.offered_protocol_features & vu.ProtocolFeature.CONFIG
+
+
+# --- --plugin: a third-party package ------------------------------------------------------
+
+THIRD_PARTY_PLUGIN = textwrap.dedent('''
+    """A third-party policy: every file system reports 42 free blocks."""
+    import os
+
+    from virtiofsd import hookimpl
+    from virtiofsd.fuse.replies import StatfsReply
+
+
+    class _Statvfs:
+        f_blocks = 100
+        f_bfree = f_bavail = 42
+        f_files = f_ffree = 7
+        f_bsize = f_frsize = 4096
+        f_namemax = 255
+
+
+    @hookimpl(tryfirst=True)
+    def virtiofsd_fuse_statfs(req, nodeid):
+        return StatfsReply(_Statvfs())
+''')
+
+
+@pytest.fixture
+def third_party_package(tmp_path: Path) -> Path:
+    """An installed-looking distribution with an entry point in the group virtiofsd.plugins."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "free_blocks_plugin.py").write_text(THIRD_PARTY_PLUGIN)
+    info = site / "free_blocks_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: free-blocks-plugin\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text("[virtiofsd.plugins]\nfree-blocks = "
+                                           "free_blocks_plugin\n")
+    return site
+
+
+def test_a_third_party_plugin_runs_only_when_named(share, third_party_package, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(third_party_package), os.environ.get("PYTHONPATH")])))
+    with running_daemon([*OURS, "--plugin", "free-blocks"], share) as session:
+        assert session.client.statfs(1).bfree == 42
+    with running_daemon(OURS, share) as session:
+        assert session.client.statfs(1).bfree == os.statvfs(share).f_bfree
+
+
+def test_an_unknown_plugin_is_refused_before_the_daemon_listens(share):
+    with pytest.raises(DaemonStartError, match="no plugin named 'missing'"):
+        with running_daemon([*OURS, "--plugin", "missing"], share):
+            pass
