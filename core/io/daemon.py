@@ -37,7 +37,6 @@ import os
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
