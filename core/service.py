@@ -5,8 +5,9 @@
 2. Take the ``<socket>.pid`` lock; create the listening socket (umask 077, or 007 with
    ``--socket-group``, then chown to that group), or adopt ``--fd``.
 3. Raise RLIMIT_NOFILE; drop supplementary groups (CVE-2022-0358: a guest must never create files
-   with a group the daemon merely happened to be in); set umask 0 (the guest applied its own).
-4. Let every plugin configure itself.
+   with a group the daemon merely happened to be in).
+4. Let every plugin configure itself (the file-system plugin sets the umask it needs: the
+   passthrough sets 0, since the guest already applied its own).
 5. Accept exactly one front-end connection and serve it; when the front-end goes away, stop and
    exit 0, as the Rust daemon does.
 """
@@ -86,7 +87,6 @@ def run(config: Config) -> int:
     try:
         apply_rlimit_nofile(config.rlimit_nofile)
         drop_supplementary_groups()
-        os.umask(0)
         pm.hook.virtiofsd_configure(config=config, pm=pm)
         try:
             router = FuseRouter(pm, config)
