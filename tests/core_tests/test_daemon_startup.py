@@ -17,8 +17,15 @@ from virtiofsd.limits import DEFAULT_CEILING, apply_rlimit_nofile, default_targe
 from virtiofsd.testing import DaemonStartError, running_daemon
 from virtiofsd.vhost_user import messages as vu
 
-OURS = [sys.executable, "-m", "virtiofsd", "--socket-path", "{socket_path}", "--shared-dir",
-        "{shared_dir}", "--sandbox", "none", "--seccomp", "none", "--inode-file-handles=never"]
+#: The plain command a user types: no option, so every default (and its fallback) is in force.
+PLAIN = [sys.executable, "-m", "virtiofsd", "--socket-path", "{socket_path}", "--shared-dir",
+         "{shared_dir}"]
+
+
+@pytest.fixture
+def ours(command_of):
+    """Our daemon's command (the suite's ``daemon_command``) with ``extra`` options."""
+    return lambda *extra: command_of("ours", *extra)
 
 
 @pytest.fixture
@@ -40,8 +47,8 @@ def open_file_limit(pid: int) -> tuple[int, int]:
 # --- --log-level ---------------------------------------------------------------------------
 
 
-def test_debug_level_traces_every_request(share):
-    with running_daemon([*OURS, "--log-level", "debug"], share) as session:
+def test_debug_level_traces_every_request(ours, share):
+    with running_daemon(ours("--log-level", "debug"), share) as session:
         session.client.getattr(1)
         session.client.lookup(1, b"file")
         log_text = session.log_text()
@@ -49,8 +56,8 @@ def test_debug_level_traces_every_request(share):
     assert re.search(r"LOOKUP unique=\d+ nodeid=1", log_text)
 
 
-def test_error_level_hides_information_lines(share):
-    with running_daemon([*OURS, "--log-level", "error"], share) as session:
+def test_error_level_hides_information_lines(ours, share):
+    with running_daemon(ours("--log-level", "error"), share) as session:
         session.client.getattr(1)
         log_text = session.log_text()
     assert "waiting for connection" not in log_text
@@ -58,7 +65,7 @@ def test_error_level_hides_information_lines(share):
 
 
 def test_info_level_says_what_is_not_enforced_yet_in_one_line(share):
-    with running_daemon(OURS[:7], share) as session:
+    with running_daemon(PLAIN, share) as session:
         log_text = session.log_text()
     lines = [line for line in log_text.splitlines() if "not enforced yet" in line]
     assert len(lines) == 1
@@ -92,13 +99,13 @@ def test_syslog_sends_records_to_the_syslog_socket(tmp_path, monkeypatch):
 # --- --rlimit-nofile -----------------------------------------------------------------------
 
 
-def test_explicit_fd_limit_is_applied(share):
-    with running_daemon([*OURS, "--rlimit-nofile", "4096"], share) as session:
+def test_explicit_fd_limit_is_applied(ours, share):
+    with running_daemon(ours("--rlimit-nofile", "4096"), share) as session:
         assert open_file_limit(session.process.pid) == (4096, 4096)
 
 
-def test_default_fd_limit_is_the_rust_default_or_the_hard_limit_with_a_warning(share):
-    with running_daemon(OURS, share) as session:
+def test_default_fd_limit_is_the_rust_default_or_the_hard_limit_with_a_warning(ours, share):
+    with running_daemon(ours(), share) as session:
         soft, hard = open_file_limit(session.process.pid)
         log_text = session.log_text()
     target = default_target()
@@ -128,8 +135,8 @@ def test_default_target_is_capped_at_a_million(tmp_path):
 # --- --tag ---------------------------------------------------------------------------------
 
 
-def test_tag_is_advertised_in_the_config_space(share):
-    with running_daemon([*OURS, "--tag", "myfs"], share) as session:
+def test_tag_is_advertised_in_the_config_space(ours, share):
+    with running_daemon(ours("--tag", "myfs"), share) as session:
         frontend = session.client.frontend
         assert frontend.offered_protocol_features & vu.ProtocolFeature.CONFIG
         reply = vu.decode_config(frontend.query(vu.FrontendRequest.GET_CONFIG,
@@ -137,8 +144,8 @@ def test_tag_is_advertised_in_the_config_space(share):
     assert reply.data == b"myfs".ljust(36, b"\0") + struct.pack("<I", 1)
 
 
-def test_without_a_tag_there_is_no_config_space(share):
-    with running_daemon(OURS, share) as session:
+def test_without_a_tag_there_is_no_config_space(ours, share):
+    with running_daemon(ours(), share) as session:
         assert not session.client.frontend.offered_protocol_features & vu.ProtocolFeature.CONFIG
 
 
@@ -181,16 +188,16 @@ def third_party_package(tmp_path: Path) -> Path:
     return site
 
 
-def test_a_third_party_plugin_runs_only_when_named(share, third_party_package, monkeypatch):
+def test_a_third_party_plugin_runs_only_when_named(ours, share, third_party_package, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         filter(None, [str(third_party_package), os.environ.get("PYTHONPATH")])))
-    with running_daemon([*OURS, "--plugin", "free-blocks"], share) as session:
+    with running_daemon(ours("--plugin", "free-blocks"), share) as session:
         assert session.client.statfs(1).bfree == 42
-    with running_daemon(OURS, share) as session:
+    with running_daemon(ours(), share) as session:
         assert session.client.statfs(1).bfree == os.statvfs(share).f_bfree
 
 
-def test_an_unknown_plugin_is_refused_before_the_daemon_listens(share):
+def test_an_unknown_plugin_is_refused_before_the_daemon_listens(ours, share):
     with pytest.raises(DaemonStartError, match="no plugin named 'missing'"):
-        with running_daemon([*OURS, "--plugin", "missing"], share):
+        with running_daemon(ours("--plugin", "missing"), share):
             pass
