@@ -24,8 +24,9 @@ which it cannot hear.  Cancelling (FUSE_INTERRUPT, the device stopping, DESTROY)
 
 Limits, the host kernel's: OFD locks do not detect deadlocks (two guest processes waiting on
 each other wait for ever, where host processes would get EDEADLK), and the holder's pid
-reported by GETLK is the guest pid of the owner when the daemon can tell which owner holds the
-conflicting lock, else 0.
+reported by GETLK is the guest pid of the owner when the daemon can tell which of its owners
+holds the conflicting lock (:func:`_holds`), else 0 (a holder on the host or in another guest;
+the C virtiofsd always reports 0 after the kernel's translation of its -1).
 """
 
 from __future__ import annotations
@@ -75,6 +76,33 @@ def check_range(lock_type: int, start: int, end: int) -> None:
         raise FuseError(errno.EINVAL, f"lock type {lock_type}")
     if not 0 <= start <= end <= OFFSET_MAX:
         raise FuseError(errno.EINVAL, f"lock range {start}..{end}")
+
+
+def _holds(fd: int, lock_type: int, start: int, end: int, probes: int = 8) -> bool:
+    """Whether the open ``fd`` holds the lock ``lock_type`` over ``start``..``end`` that
+    conflicted with someone else.
+
+    Asked from that open, the weakest type that lock conflicts with finds nothing in some part
+    of the range exactly when the open holds it: held by anyone else, it would conflict all
+    over.  The part found conflicting (another owner's lock) is cut out and the rest asked
+    again, a few times at most.
+    """
+    probe = fcntl.F_WRLCK if lock_type == fcntl.F_RDLCK else fcntl.F_RDLCK
+    ranges = [(start, end)]
+    while ranges and probes:
+        probes -= 1
+        low, high = ranges.pop()
+        found = FLOCK_STRUCT.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK,
+                                                flock_bytes(probe, low, high)))
+        if found[0] == fcntl.F_UNLCK:
+            return True
+        found_start, found_len = found[2], found[3]
+        found_end = OFFSET_MAX if found_len == 0 else found_start + found_len - 1
+        if found_start > low:
+            ranges.append((low, found_start - 1))
+        if found_end < high:
+            ranges.append((found_end + 1, high))
+    return False
 
 
 class _Owner:
@@ -271,17 +299,11 @@ class LockOps:
             self._changed.notify()
 
     def _holder_pid(self, nodeid: int, asker: int, lock_type: int, start: int, end: int) -> int:
-        """The guest pid of the owner holding the conflicting lock ``start``..``end``, or 0.
-
-        An owner holds it when the same question asked from its own open finds no conflict
-        there (its own locks never conflict with it).  Caller holds ``_lock``.
-        """
-        query = flock_bytes(lock_type, start, end)
+        """The guest pid of the owner holding the conflicting lock (``lock_type`` over
+        ``start``..``end``), or 0 when no owner of this daemon can be shown to hold it.
+        Caller holds ``_lock``."""
         for (node, owner), own in self._owners.items():
-            if node != nodeid or owner == asker:
-                continue
-            found = FLOCK_STRUCT.unpack(fcntl.fcntl(own.fd, fcntl.F_OFD_GETLK, query))
-            if found[0] == fcntl.F_UNLCK:
+            if node == nodeid and owner != asker and _holds(own.fd, lock_type, start, end):
                 return own.pid
         return 0
 
