@@ -22,8 +22,10 @@ waiter thread resolves.  That thread retries every waiting lock whenever a lock 
 through the daemon, and at least every 50 ms for holders outside it (the host, another guest),
 which it cannot hear.  Cancelling (FUSE_INTERRUPT, the device stopping, DESTROY) answers EINTR.
 
-Limits, the host kernel's: OFD locks do not detect deadlocks (two guest processes waiting on
-each other wait for ever, where host processes would get EDEADLK), and the holder's pid
+OFD locks have no deadlock detection; the daemon does it for waits among its own owners as the
+kernel does for process locks (:meth:`LockOps._would_deadlock`): a SETLKW that would close a
+cycle of waiting owners is EDEADLK.  A cycle through a holder outside the daemon is not seen.
+The holder's pid
 reported by GETLK is the guest pid of the owner when the daemon can tell which of its owners
 holds the conflicting lock (:func:`_holds`), else 0 (a holder on the host or in another guest;
 the C virtiofsd always reports 0 after the kernel's translation of its -1).
@@ -60,6 +62,8 @@ _FLOCK_OPERATIONS = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
 _FIRST_RETRY = 0.001
 _LAST_RETRY = 0.05
 _CONFLICT = (errno.EAGAIN, errno.EACCES)
+#: How many waiting owners a deadlock search follows (the kernel's MAX_DEADLK_ITERATIONS).
+_MAX_DEADLOCK_DEPTH = 10
 _POSIX_LOCKS = int(abi.InitFlag.POSIX_LOCKS)
 _FLOCK_LOCKS = int(abi.InitFlag.FLOCK_LOCKS)
 
@@ -118,12 +122,13 @@ class _Owner:
 class _Wait:
     """A SETLKW waiting for its lock: ``attempt`` takes it without blocking, or says False."""
 
-    __slots__ = ("attempt", "reply", "key", "fh", "cancelled")
+    __slots__ = ("attempt", "reply", "key", "request", "fh", "cancelled")
 
     def __init__(self, attempt: Callable[[], bool], key: tuple[int, int] | None,
-                 fh: int | None) -> None:
+                 request: bytes, fh: int | None) -> None:
         self.attempt = attempt
         self.key = key
+        self.request = request
         self.fh = fh
         self.cancelled = False
         self.reply = Deferred(cancel=self.cancel)
@@ -179,6 +184,7 @@ class LockOps:
             if not req.session.flags & _FLOCK_LOCKS:
                 raise FuseError(errno.ENOSYS, "flock locks were not negotiated")
             operation = _FLOCK_OPERATIONS[lock_type]
+            request = b""
 
             def attempt() -> bool:
                 return self._try_flock(handle.fd, operation)
@@ -202,10 +208,12 @@ class LockOps:
             return EMPTY
         if not sleep:
             raise FuseError(errno.EAGAIN, "the range is locked")
-        wait = _Wait(attempt, key, fh if key is None else None)
+        wait = _Wait(attempt, key, request, fh if key is None else None)
         with self._lock:
             if self._closing:
                 raise FuseError(errno.EINTR, "the file system is stopping")
+            if key is not None and self._would_deadlock(key, request):
+                raise FuseError(errno.EDEADLK, "waiting would deadlock")
             self._waits.append(wait)
             self._start_waiter()
             self._changed.notify()
@@ -306,6 +314,43 @@ class LockOps:
             if node == nodeid and owner != asker and _holds(own.fd, lock_type, start, end):
                 return own.pid
         return 0
+
+    def _blocker(self, key: tuple[int, int], request: bytes) -> tuple[int, int] | None:
+        """The owner of this daemon holding the first lock that blocks ``request`` of the
+        owner ``key``, or None (no conflict, or a holder outside).  Caller holds ``_lock``."""
+        own = self._owners.get(key)
+        if own is None:
+            return None
+        found = FLOCK_STRUCT.unpack(fcntl.fcntl(own.fd, fcntl.F_OFD_GETLK, request))
+        if found[0] == fcntl.F_UNLCK:
+            return None
+        start, length = found[2], found[3]
+        end = OFFSET_MAX if length == 0 else start + length - 1
+        for other, other_own in self._owners.items():
+            if (other[0] == key[0] and other[1] != key[1]
+                    and _holds(other_own.fd, found[0], start, end)):
+                return other
+        return None
+
+    def _would_deadlock(self, key: tuple[int, int], request: bytes) -> bool:
+        """Whether the owner of ``key`` waiting for ``request`` closes a cycle: the holder
+        blocking it waits for a lock held by ... the owner itself.  Follows the first blocker
+        at each step, as the kernel does for process-owned locks (OFD locks have no such
+        check).  Caller holds ``_lock``."""
+        owner = key[1]
+        current: tuple[tuple[int, int], bytes] | None = (key, request)
+        for _step in range(_MAX_DEADLOCK_DEPTH):
+            if current is None:
+                return False
+            blocker = self._blocker(*current)
+            if blocker is None:
+                return False
+            if blocker[1] == owner:
+                return True
+            current = next(((wait.key, wait.request) for wait in self._waits
+                            if wait.key is not None and wait.key[1] == blocker[1]
+                            and not wait.cancelled), None)
+        return False
 
     def _drop_owner(self, key: tuple[int, int]) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """Locks in a real guest: POSIX record locks and flock between guest processes, F_SETLKW that
-waits while the share keeps serving, release on close and on exit, and locks the host holds.
+waits while the share keeps serving, EDEADLK for a wait closing a cycle, release on close and on
+exit, and locks the host holds.
 
 One boot per daemon.  The guest's busybox has no lock tool, so a small static C program
 (programs/lockprobe.c) is built on the host and put in the guest's initramfs.
@@ -24,7 +25,8 @@ from . import runner
 PROGRAM = pathlib.Path(__file__).parent / "programs" / "lockprobe.c"
 CHECKS = ("posix_setlk", "posix_conflict_and_getlk", "posix_released_on_close",
           "posix_released_on_exit", "setlkw_leaves_the_share_serving",
-          "setlkw_waits_then_gets_the_lock", "flock_ex", "flock_conflict",
+          "setlkw_waits_then_gets_the_lock", "posix_deadlock_edeadlk",
+          "posix_deadlock_other_side_proceeds", "flock_ex", "flock_conflict",
           "flock_released_on_close")
 
 

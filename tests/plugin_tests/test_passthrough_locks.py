@@ -148,3 +148,25 @@ def test_tmpfile_through_the_hook(make_fs, shared: Path):
     assert os.listdir(shared) == []
     st = os.stat(fs.inodes.get(nodeid).fd)
     assert (st.st_uid, st.st_gid, st.st_nlink) == (1000, 1000, 0)
+
+
+def test_a_wait_that_closes_a_cycle_is_edeadlk(locking, shared: Path):
+    """Owner 1 waits for owner 2, who would wait for owner 1 (through another file, too)."""
+    fs, nodeid = locking
+    (shared / "second").write_bytes(bytes(10))
+    second = fs.lookup(b"second").nodeid
+    fh = fs.open(nodeid, os.O_RDWR).fh
+    fh2 = fs.open(second, os.O_RDWR).fh
+    assert setlk(fs, nodeid, fh, 1, 0, 0, WR) == EMPTY
+    assert setlk(fs, second, fh2, 2, 0, 0, WR) == EMPTY
+    waiting = setlk(fs, second, fh2, 1, 0, 0, WR, sleep=True)
+    assert isinstance(waiting, Deferred)
+    with pytest.raises(FuseError) as failure:
+        setlk(fs, nodeid, fh, 2, 0, 0, WR, sleep=True)
+    assert failure.value.errno == errno.EDEADLK
+    third = setlk(fs, nodeid, fh, 3, 0, 0, RD, sleep=True)
+    assert isinstance(third, Deferred), "a waiter outside the cycle just waits"
+    fs.hook.virtiofsd_fuse_flush(req=fs.req(), nodeid=second, fh=fh2, lock_owner=2)
+    assert outcome(waiting) == EMPTY
+    third.cancel()
+    assert isinstance(outcome(third), FuseError)

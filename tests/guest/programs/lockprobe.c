@@ -91,6 +91,7 @@ static int flock_child_blocked(void)
 int main(int argc, char **argv)
 {
     char detail[256];
+    int rc;
     if (argc != 2) {
         fprintf(stderr, "usage: lockprobe DIR\n");
         return 2;
@@ -146,6 +147,28 @@ int main(int argc, char **argv)
     result("setlkw_waits_then_gets_the_lock", WIFEXITED(status) && WEXITSTATUS(status) == 0
            && waited > 0.8 && waited < 5, detail);
 
+    /* A wait that would close a cycle of waiting processes fails with EDEADLK. */
+    int ready[2];
+    pipe(ready);
+    lock(fd, F_SETLK, F_WRLCK, 0, 1);
+    pid_t cycler = fork();
+    if (cycler == 0) {
+        int cfd = open(path, O_RDWR);
+        lock(cfd, F_SETLK, F_WRLCK, 1, 1);
+        write(ready[1], "x", 1);
+        _exit(lock(cfd, F_SETLKW, F_WRLCK, 0, 1) == 0 ? 0 : 1);
+    }
+    char byte;
+    read(ready[0], &byte, 1);
+    usleep(300000);
+    rc = lock(fd, F_SETLKW, F_WRLCK, 1, 1);
+    snprintf(detail, sizeof detail, "rc %d: %s", rc, strerror(errno));
+    result("posix_deadlock_edeadlk", rc == -1 && errno == EDEADLK, detail);
+    lock(fd, F_SETLK, F_UNLCK, 0, 0);
+    waitpid(cycler, &status, 0);
+    result("posix_deadlock_other_side_proceeds", WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "the other waiter did not get its lock");
+
     /* flock between two open files. */
     int ffd = open(path, O_RDONLY);
     result("flock_ex", flock(ffd, LOCK_EX | LOCK_NB) == 0, strerror(errno));
@@ -160,7 +183,7 @@ int main(int argc, char **argv)
     /* What the host holds.  "held" means the guest met the host's lock. */
     snprintf(path, sizeof path, "%s/host-locked", argv[1]);
     int hfd = open(path, O_RDWR);
-    int rc = lock(hfd, F_SETLK, F_WRLCK, 0, 0);
+    rc = lock(hfd, F_SETLK, F_WRLCK, 0, 0);
     printf("VALUE host_posix_lock %s\n", rc == 0 ? "free" : "held");
     snprintf(path, sizeof path, "%s/host-flocked", argv[1]);
     int hffd = open(path, O_RDONLY);
