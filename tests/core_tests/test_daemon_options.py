@@ -213,6 +213,7 @@ def test_readonly_refuses_every_change_and_still_reads(
             "open write": lambda: fuse.open(file_node, os.O_WRONLY),
             "open read-write": lambda: fuse.open(file_node, os.O_RDWR),
             "open truncate": lambda: fuse.open(file_node, os.O_RDONLY | os.O_TRUNC),
+            "tmpfile": lambda: fuse.tmpfile(ROOT_ID),
         }
         errors = {}
         for name, attempt in refusals.items():
@@ -228,6 +229,7 @@ def test_readonly_refuses_every_change_and_still_reads(
             # kernel answers for O_TRUNC on a read-only mount (EROFS), which is what a guest
             # program expects to see from a read-only file system.
             expected["open truncate"] = errno.EINVAL
+            expected["tmpfile"] = errno.ENOSYS  # Rust serves no TMPFILE at all
         assert errors == expected
         handle = fuse.open(file_node, os.O_RDONLY)
         assert fuse.read(file_node, handle.fh, 0, 100) == b"contents"
