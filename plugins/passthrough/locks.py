@@ -120,21 +120,21 @@ class _Owner:
 
 
 class _Wait:
-    """A SETLKW waiting for its lock: ``attempt`` takes it without blocking, or says False."""
+    """A SETLKW waiting for its lock: ``attempt`` takes it without blocking, or says False.
+
+    ``reply`` is what the hook returned; cancelling it calls ``on_cancel``.
+    """
 
     __slots__ = ("attempt", "reply", "key", "request", "fh", "cancelled")
 
     def __init__(self, attempt: Callable[[], bool], key: tuple[int, int] | None,
-                 request: bytes, fh: int | None) -> None:
+                 request: bytes, fh: int | None, on_cancel: Callable[[_Wait], None]) -> None:
         self.attempt = attempt
         self.key = key
         self.request = request
         self.fh = fh
         self.cancelled = False
-        self.reply = Deferred(cancel=self.cancel)
-
-    def cancel(self) -> None:
-        self.cancelled = True
+        self.reply = Deferred(cancel=lambda: on_cancel(self))
 
 
 class LockOps:
@@ -208,7 +208,7 @@ class LockOps:
             return EMPTY
         if not sleep:
             raise FuseError(errno.EAGAIN, "the range is locked")
-        wait = _Wait(attempt, key, request, fh if key is None else None)
+        wait = _Wait(attempt, key, request, fh if key is None else None, self._cancel_wait)
         with self._lock:
             if self._closing:
                 raise FuseError(errno.EINTR, "the file system is stopping")
@@ -281,7 +281,7 @@ class LockOps:
         for access in (os.O_RDWR, os.O_RDONLY, os.O_WRONLY):
             try:
                 return self._state.reopen(inode, access | os.O_NONBLOCK | os.O_CLOEXEC)
-            except (PermissionError, OSError) as exc:
+            except OSError as exc:
                 if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
                     raise
                 last = exc
@@ -380,6 +380,10 @@ class LockOps:
     def _notify(self) -> None:
         with self._lock:
             self._changed.notify()
+
+    def _cancel_wait(self, wait: _Wait) -> None:
+        """FUSE_INTERRUPT or a stopping ring: the waiter answers EINTR at its next look, now."""
+        self._cancel_waits(lambda candidate: candidate is wait)
 
     def _cancel_waits(self, which: Callable[[_Wait], bool]) -> None:
         with self._lock:
