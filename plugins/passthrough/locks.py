@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import struct
 import threading
@@ -48,8 +47,6 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, LockReply
 from virtiofsd_plugins.passthrough.state import PassthroughState
-
-log = logging.getLogger(__name__)
 
 #: ``struct flock`` on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid.
 FLOCK_STRUCT = struct.Struct("hhqqi4x")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -50,7 +51,6 @@ def host_conflicts(path: Path, lock_type: int, start: int, length: int) -> bool:
     """Whether a host process's own OFD lock of that range would conflict."""
     fd = os.open(path, os.O_RDWR)
     try:
-        import struct
         query = struct.pack("hhqqi4x", lock_type, os.SEEK_SET, start, length, 0)
         found = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))
         return found[0] != UN
