@@ -36,6 +36,7 @@ from virtiofsd_plugins.passthrough.state import PassthroughState
 MAX_RW_COUNT = 0x7FFFF000
 _MAX_OFFSET = (1 << 63) - 1
 _KILLPRIV_V2 = int(abi.InitFlag.HANDLE_KILLPRIV_V2)
+_WRITE_KILL_SUIDGID = abi.WRITE_KILL_SUIDGID
 
 
 def _kills_suidgid(req: Any, flag: int) -> bool:
@@ -57,9 +58,11 @@ class FileOps:
         flags belong to CREATE: O_CREAT or O_TMPFILE here is EINVAL, as from the C daemon."""
         if flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE:
             raise FuseError(errno.EINVAL, "OPEN with O_CREAT or O_TMPFILE")
-        with without_fsetid(_kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID)):
-            return self._state.open_handle(req, self._inodes.get(nodeid), flags,
-                                           directory=False)
+        inode = self._inodes.get(nodeid)
+        if _kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID):
+            with without_fsetid():
+                return self._state.open_handle(req, inode, flags, directory=False)
+        return self._state.open_handle(req, inode, flags, directory=False)
 
     @hookimpl
     def virtiofsd_fuse_create(self, req: Any, parent: int, name: bytes, mode: int, flags: int,
@@ -136,7 +139,7 @@ class FileOps:
         fd = self._handles.get(fh, nodeid).fd
         append = flags & os.O_APPEND and not write_flags & abi.WRITE_CACHE
         try:
-            if write_flags & abi.WRITE_KILL_SUIDGID and req.session.flags & _KILLPRIV_V2:
+            if write_flags & _WRITE_KILL_SUIDGID and req.session.flags & _KILLPRIV_V2:
                 with without_fsetid():
                     return os.pwritev(fd, data, offset, os.RWF_APPEND if append else 0)
             return os.pwritev(fd, data, offset, os.RWF_APPEND if append else 0)
