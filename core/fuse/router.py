@@ -117,11 +117,11 @@ class FuseRouter:
                 log.exception("the destroy hook failed during a device reset")
 
     def handle_chain(self, queue_index: int, readable: Sequence[memoryview],
-                     writable: Sequence[memoryview]) -> int:
+                     writable: Sequence[memoryview]) -> int | Deferred:
         """Serve the request in ``readable``, reply into ``writable``.
 
         :returns: the number of bytes written into ``writable`` (0 when no reply is due or none
-            can be written).
+            can be written), or a deferred one for a request that waits.
         """
         try:
             header = codec.read_header(readable)
@@ -167,7 +167,7 @@ class FuseRouter:
         return self._reply(writable, unique, opcode, result)
 
     def _reply(self, writable: Sequence[memoryview], unique: int, opcode: int,
-               result: Any) -> int:
+               result: Any) -> int | Deferred:
         if result is None:
             return codec.write_error(writable, unique, errno.ENOSYS)
         if isinstance(result, _BYTES_LIKE):
@@ -178,7 +178,7 @@ class FuseRouter:
             encode = getattr(result, "encode", None)
             if encode is None:
                 if isinstance(result, Deferred):
-                    return self._defer(writable, unique, opcode, result)  # type: ignore[return-value]
+                    return self._defer(writable, unique, opcode, result)
                 log.error("%s (unique %d): a hook returned %r, which is not a reply",
                           _opcode_name(opcode), unique, result)
                 return codec.write_error(writable, unique, errno.EIO)
@@ -228,7 +228,7 @@ class FuseRouter:
         pending.cancel()
 
     def _read_reply(self, writable: Sequence[memoryview], unique: int, result: Any,
-                    sink: codec.ReplySink) -> int:
+                    sink: codec.ReplySink) -> int | Deferred:
         if type(result) is not int:
             return self._reply(writable, unique, _READ, result)
         if not 0 <= result <= sink.offered:
