@@ -23,7 +23,7 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, CreateReply, LseekReply, OpenReply, WriteReply
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import thread_credentials
+from virtiofsd_plugins.passthrough.creation import as_creator, security_context
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
@@ -31,6 +31,10 @@ from virtiofsd_plugins.passthrough.state import PassthroughState
 #: of fuse_write_out.
 MAX_RW_COUNT = 0x7FFFF000
 _MAX_OFFSET = (1 << 63) - 1
+#: Flags that create a named file; an O_TMPFILE open must not carry them.
+_NAMED_CREATION_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_TRUNC
+#: What openat(O_TMPFILE) answers where the file system cannot make unnamed files.
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
 
 class FileOps:
@@ -60,9 +64,14 @@ class FileOps:
         parent_inode = self._inodes.get(parent)
         host_flags = (state.host_open_flags(flags, req.session.flags)
                       | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+        context = security_context(state, req)
         try:
-            with thread_credentials(req.uid, req.gid, req.supplementary_groups):
-                fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+            if context is None:
+                with as_creator(req, umask):
+                    fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+            else:
+                fd = self._create_labelled(req, parent_inode, name, host_flags, mode & 0o7777,
+                                           umask, context)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -75,6 +84,45 @@ class FileOps:
             raise
         fh = self._handles.insert(entry.nodeid, fd)
         return CreateReply(entry, OpenReply(fh, state.file_open_flags))
+
+    def _create_labelled(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
+                         mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
+        """Create ``name`` already carrying its security label: an unnamed O_TMPFILE is
+        labelled, then linked into place (EEXIST when the name appeared meanwhile).  Where the
+        file system has no O_TMPFILE the file is created, labelled, and removed again when
+        labelling fails.  An O_TMPFILE must be writable, so a read-only create gets a
+        read-write handle (the guest kernel still enforces its own open mode)."""
+        access = host_flags & os.O_ACCMODE
+        tmp_flags = ((host_flags & ~(_NAMED_CREATION_FLAGS | os.O_ACCMODE)) | os.O_TMPFILE
+                     | (os.O_RDWR if access == os.O_RDONLY else access))
+        try:
+            with as_creator(req, umask):
+                fd = os.open(".", tmp_flags, mode, dir_fd=parent_inode.fd)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            return self._create_then_label(req, parent_inode, name, host_flags, mode, umask,
+                                           context)
+        try:
+            os.setxattr(fd, context[0], context[1])
+            os.link(str(fd), name, src_dir_fd=self._state.proc_self_fd,
+                    dst_dir_fd=parent_inode.fd, follow_symlinks=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _create_then_label(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
+                           mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
+        with as_creator(req, umask):
+            fd = os.open(name, host_flags, mode, dir_fd=parent_inode.fd)
+        try:
+            os.setxattr(fd, context[0], context[1])
+        except BaseException:
+            os.close(fd)
+            os.unlink(name, dir_fd=parent_inode.fd)
+            raise
+        return fd
 
     def _open_existing(self, req: Any, parent_inode: Any, name: bytes, flags: int) -> Any:
         state = self._state
