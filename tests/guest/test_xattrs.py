@@ -94,3 +94,27 @@ def test_host_sees_the_guests_acls(xattr_boot) -> None:
     _, work = xattr_boot
     assert b"system.posix_acl_default" in stored(work / "inherit" / "sub")
     assert b"system.posix_acl_access" in stored(work / "inherit" / "new")
+
+
+NO_XATTR_WORKLOAD = """
+check no_xattr_file sh -c "echo data > /mnt/plain"
+refuse no_xattr_set_1 in_host setfattr -n user.a -v 1 /mnt/plain
+refuse no_xattr_set_2 in_host setfattr -n user.b -v 2 /mnt/plain
+refuse no_xattr_get_1 in_host getfattr --absolute-names -n user.a /mnt/plain
+refuse no_xattr_get_2 in_host getfattr --absolute-names -n user.b /mnt/plain
+"""
+
+
+def test_without_xattr_the_guest_stops_asking(tmp_path: pathlib.Path) -> None:
+    """Without --xattr every xattr opcode is ENOSYS, which the Linux guest remembers: the
+    second setfattr and getfattr never reach the daemon (ours only: the count comes from its
+    debug log)."""
+    share = tmp_path / "share"
+    share.mkdir()
+    result = runner.boot("ours", share, runner.guest_script(prelude=NO_XATTR_WORKLOAD),
+                         daemon_args=["--log-level", "debug"], timeout=BOOT_TIMEOUT,
+                         log_dir=tmp_path / "logs", host_root=True)
+    failed = [check for check in result.checks if not check.ok]
+    assert len(result.checks) == 5 and not failed, (failed, result.console_tail(15))
+    assert len(re.findall(r": SETXATTR unique=", result.daemon_log)) == 1
+    assert len(re.findall(r": GETXATTR unique=", result.daemon_log)) == 1
