@@ -20,6 +20,8 @@ from virtiofsd.fuse.abi import ROOT_ID, InitFlag, Opcode
 from virtiofsd.testing import FuseReplyError
 from virtiofsd.testing.fuse_client import LINUX_6_1_INIT_FLAGS
 
+from support.replies import fuse_error
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
 
 ACL_INIT_FLAGS = LINUX_6_1_INIT_FLAGS | InitFlag.POSIX_ACL | InitFlag.SETXATTR_EXT | InitFlag.DONT_MASK
@@ -32,12 +34,6 @@ def trusted_options(kind: str) -> list[str]:
     if kind == "ours" and "modcaps" in NOT_YET:
         return []
     return ["--modcaps=+sys_admin"]
-
-
-def fuse_error(call, *args, **kwargs) -> int:
-    with pytest.raises(FuseReplyError) as failure:
-        call(*args, **kwargs)
-    return failure.value.errno
 
 
 @pytest.fixture
