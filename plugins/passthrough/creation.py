@@ -1,8 +1,9 @@
 """What every creation (CREATE, MKDIR, MKNOD, SYMLINK) shares: who creates, with which umask,
 and the security label the guest attached.
 
-- The node is created with the caller's uid/gid (:func:`thread_credentials`), so the caller owns
-  it and the host kernel checks the parent folder's permissions as the caller.
+- The node is created with the caller's (translated) uid/gid (``state.ids.acting_as_caller``),
+  so the caller owns it and the host kernel checks the parent folder's permissions as the
+  caller.
 - With POSIX ACLs the guest sends its mode unmasked (DONT_MASK) and its umask separately; the
   umask is then applied by the host kernel, in this thread only (:func:`thread_umask`), so that a
   default ACL of the parent replaces it as POSIX says.  Without DONT_MASK the mode arrives
@@ -21,7 +22,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from virtiofsd.fuse import abi
-from virtiofsd.sys.credentials import thread_credentials
 from virtiofsd.sys.thread_fs import thread_umask
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS
 
@@ -30,10 +30,11 @@ _SECURITY_CTX = int(abi.InitFlag.SECURITY_CTX)
 
 
 @contextlib.contextmanager
-def as_creator(req: Any, umask: int | None) -> Iterator[None]:
-    """Run a creation as the caller, with the guest's ``umask`` when the session sends modes
-    unmasked (``None``: SYMLINK, which has no mode)."""
-    with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+def as_creator(state: Any, req: Any, umask: int | None) -> Iterator[None]:
+    """Run a creation as the caller (with its host ids, ``--translate-uid/gid``), with the
+    guest's ``umask`` when the session sends modes unmasked (``None``: SYMLINK, which has no
+    mode)."""
+    with state.ids.acting_as_caller(req):
         if umask is not None and req.session.flags & _DONT_MASK:
             with thread_umask(umask):
                 yield

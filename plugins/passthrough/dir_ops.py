@@ -74,7 +74,7 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         context = security_context(self._state, req)
-        with as_creator(req, umask):
+        with as_creator(self._state, req, umask):
             os.mkdir(name, mode & 0o7777, dir_fd=parent_inode.fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=True)
 
@@ -84,7 +84,7 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         context = security_context(self._state, req)
-        with as_creator(req, umask):
+        with as_creator(self._state, req, umask):
             os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_inode.fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
 
@@ -95,7 +95,7 @@ class DirOps:
             raise FuseError(errno.EINVAL, "symlink target holds a NUL byte")
         parent_inode = self._inodes.get(parent)
         context = security_context(self._state, req)
-        with as_creator(req, None):
+        with as_creator(self._state, req, None):
             os.symlink(target, name, dir_fd=parent_inode.fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
 

@@ -67,7 +67,7 @@ class FileOps:
         context = security_context(state, req)
         try:
             if context is None:
-                with as_creator(req, umask):
+                with as_creator(self._state, req, umask):
                     fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
             else:
                 fd = self._create_labelled(req, parent_inode, name, host_flags, mode & 0o7777,
@@ -96,7 +96,7 @@ class FileOps:
         tmp_flags = ((host_flags & ~(_NAMED_CREATION_FLAGS | os.O_ACCMODE)) | os.O_TMPFILE
                      | (os.O_RDWR if access == os.O_RDONLY else access))
         try:
-            with as_creator(req, umask):
+            with as_creator(self._state, req, umask):
                 fd = os.open(".", tmp_flags, mode, dir_fd=parent_inode.fd)
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
@@ -114,7 +114,7 @@ class FileOps:
 
     def _create_then_label(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
                            mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
-        with as_creator(req, umask):
+        with as_creator(self._state, req, umask):
             fd = os.open(name, host_flags, mode, dir_fd=parent_inode.fd)
         try:
             os.setxattr(fd, context[0], context[1])

@@ -27,6 +27,7 @@ from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply, OpenReply
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
 from virtiofsd_plugins.passthrough.handles import HandleTable
+from virtiofsd_plugins.passthrough.ids import IdMapper
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class PassthroughState:
         self.config = config
         self.inodes = inodes
         self.handles = HandleTable()
+        self.ids = IdMapper.from_config(config)
         self.proc_self_fd = proc_self_fd
         self._proc_self_fd_path = proc_self_fd_path
         self._xattr_to_host = xattr_to_host or _unmapped
@@ -135,7 +137,8 @@ class PassthroughState:
         if (inode.key.dev != parent.key.dev and inode.is_dir and self._announce_submounts
                 and req.session.flags & _SUBMOUNTS):
             attr_flags = abi.ATTR_SUBMOUNT
-        return EntryReply(inode.nodeid, st, self.timeout, self.timeout, 0, attr_flags)
+        return EntryReply(inode.nodeid, self.ids.guest_view(st), self.timeout, self.timeout, 0,
+                          attr_flags)
 
     def reopen(self, inode: Inode, flags: int) -> int:
         """A new descriptor of ``inode`` opened with ``flags`` through its magic link.
@@ -148,10 +151,11 @@ class PassthroughState:
         return os.open(str(inode.fd), flags, dir_fd=self.proc_self_fd)
 
     def magic_link_path(self, fd: int) -> str:
-        """The absolute path of the magic link of descriptor ``fd`` (an inode's O_PATH one), for the system calls that take a path
-        but no directory descriptor (``getxattr(2)`` and its kin: their ``f*`` forms refuse
-        O_PATH descriptors).  The only place that builds such a path: it follows wherever the
-        fd folder was found (``/proc`` inside the namespace sandbox)."""
+        """The absolute path of the magic link of descriptor ``fd`` (an inode's O_PATH one), for
+        the system calls that take a path but no directory descriptor (``getxattr(2)`` and its
+        kin: their ``f*`` forms refuse O_PATH descriptors).  The only place that builds such a
+        path: it follows wherever the fd folder was found (``/proc`` inside the namespace
+        sandbox)."""
         return f"{self._proc_self_fd_path}/{fd}"
 
     def xattr_name_to_host(self, req: Any, name: bytes) -> bytes:

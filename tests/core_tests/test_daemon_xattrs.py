@@ -24,7 +24,8 @@ from support.replies import fuse_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
 
-ACL_INIT_FLAGS = LINUX_6_1_INIT_FLAGS | InitFlag.POSIX_ACL | InitFlag.SETXATTR_EXT | InitFlag.DONT_MASK
+ACL_INIT_FLAGS = (LINUX_6_1_INIT_FLAGS | InitFlag.POSIX_ACL | InitFlag.SETXATTR_EXT
+                  | InitFlag.DONT_MASK)
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 
 
@@ -79,8 +80,10 @@ def test_every_opcode_on_every_file_type(start_daemon, daemon_kind: str, share: 
         listed_size = fuse.listxattr_size(node)
         assert listed_size == len(b"".join(n + b"\0" for n in fuse.listxattr(node)))
         assert fuse_error(fuse.listxattr, node, 1) == errno.ERANGE
-        assert fuse_error(fuse.setxattr, node, "trusted.colour", b"x", XATTR_CREATE) == errno.EEXIST
-        assert fuse_error(fuse.setxattr, node, "trusted.other", b"x", XATTR_REPLACE) == errno.ENODATA
+        assert fuse_error(fuse.setxattr, node, "trusted.colour", b"x",
+                          XATTR_CREATE) == errno.EEXIST
+        assert fuse_error(fuse.setxattr, node, "trusted.other", b"x",
+                          XATTR_REPLACE) == errno.ENODATA
         fuse.setxattr(node, "trusted.colour", b"red", XATTR_REPLACE)
         assert fuse.getxattr(node, "trusted.colour") == b"red"
         fuse.removexattr(node, "trusted.colour")
