@@ -34,10 +34,6 @@ INODE_STORE_WORDS = ("never", "prefer", "mandatory", "fallback")
 
 #: Options of later features, refused when given.  Value: the feature that brings them.
 NOT_YET = {
-    "xattr": "extended attributes",
-    "posix_acl": "POSIX ACLs",
-    "xattrmap": "extended-attribute mapping",
-    "security_label": "security labels",
     "modcaps": "capability management",
     "uid_map": "user-namespace id maps",
     "gid_map": "user-namespace id maps",
@@ -262,6 +258,21 @@ def _resolve_mode(value: str | None, default: Any, implemented: set, option: str
     return mode
 
 
+def _xattr_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--posix-acl``, ``--security-label`` and ``--xattrmap`` each imply ``--xattr``, as in the
+    Rust daemon (whatever the order, and even after ``-o no_xattr``)."""
+    if args.xattrmap is not None and not args.xattrmap.strip():
+        raise ConfigError("--xattrmap: no rule given")
+    posix_acl = bool(args.posix_acl)
+    security_label = bool(args.security_label)
+    return {
+        "xattr": bool(args.xattr) or posix_acl or security_label or args.xattrmap is not None,
+        "posix_acl": posix_acl,
+        "security_label": security_label,
+        "xattrmap": args.xattrmap,
+    }
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     """Validate parsed arguments; returns the config and the defaults that fell back."""
     apply_compat_options(args, args.compat_options)
@@ -324,6 +335,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         extra_plugins=tuple(args.plugins),
         translate_uid=tuple(args.translate_uid or ()),
         translate_gid=tuple(args.translate_gid or ()),
+        **_xattr_options(args),
     )
     return config, fallbacks
 

@@ -46,6 +46,8 @@ def selected_entry_points(config: Any) -> list[tuple[str, str]]:
     selected = [(GROUP_FS, "passthrough"), (GROUP_INODE_STORE, config.inode_file_handles)]
     if config.readonly:
         selected.append((GROUP_POLICY, "readonly"))
+    if config.xattrmap is not None:
+        selected.append((GROUP_POLICY, "xattrmap"))
     selected.extend((GROUP_PLUGINS, name) for name in config.extra_plugins)
     return selected
 

@@ -13,6 +13,7 @@ packages=(
   gcc libc6-dev python3-dev  # python-prctl is a C extension with no wheel; the bench builds a static tool
   python3 python3-venv python3-pip
   strace            # the O_DIRECT test watches the daemon's open flags
+  attr acl libcap2-bin  # guest tests of --xattr/--posix-acl run setfattr, setfacl, setcap from the host root
   ca-certificates
 )
 

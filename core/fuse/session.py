@@ -8,7 +8,7 @@ The rules follow the Rust virtiofsd (the drop-in we replace):
   with major 7 (the kernel's way of downgrading);
 - a feature is switched on only when the guest offered it *and* this daemon supports it under
   the current configuration (:data:`FEATURE_RULES`).  Features that belong to later work
-  (ACLs, security labels, NFS export, supplementary groups, idmap) have rows
+  (NFS export, supplementary groups, idmap) have rows
   with :func:`not_yet`, so enabling one is a one-line change next to its reason;
 - ``flags2`` (bits 32..63) is read only when the guest set INIT_EXT, and INIT_EXT is echoed in
   the reply whenever the guest offered it, so the kernel reads our ``flags2``.
@@ -52,6 +52,18 @@ def _readdirplus(config: Any) -> bool:
     return config.readdirplus and config.cache is not CacheMode.NEVER
 
 
+def _posix_acl(config: Any) -> bool:
+    return config.posix_acl
+
+
+#: ``(flags, predicate(config), option)``: when the predicate holds, a guest that does not offer
+#: every one of ``flags`` is refused with EPROTO, as by the Rust daemon: the option cannot work.
+REQUIRED_FEATURES: tuple[tuple[int, Callable[[Any], bool], str], ...] = (
+    (F.POSIX_ACL | F.DONT_MASK | F.SETXATTR_EXT, _posix_acl, "--posix-acl"),
+    (F.SECURITY_CTX, lambda config: config.security_label, "--security-label"),
+)
+
+
 #: ``(flag, predicate(config), why)``: a flag is enabled when the guest offered it and the
 #: predicate holds.  Flags without a row are never enabled.
 FEATURE_RULES: tuple[tuple[F, Callable[[Any], bool], str], ...] = (
@@ -72,10 +84,10 @@ FEATURE_RULES: tuple[tuple[F, Callable[[Any], bool], str], ...] = (
     (F.POSIX_LOCKS, lambda config: config.posix_lock, "-o no_posix_lock leaves them to the guest"),
     (F.FLOCK_LOCKS, lambda config: config.flock, "-o no_flock leaves flock() to the guest"),
     (F.EXPORT_SUPPORT, not_yet, "LOOKUP of '.' and '..' for NFS export"),
-    (F.POSIX_ACL, not_yet, "--posix-acl (needs DONT_MASK and SETXATTR_EXT with it)"),
-    (F.DONT_MASK, not_yet, "only with POSIX ACLs"),
-    (F.SETXATTR_EXT, not_yet, "only with POSIX ACLs"),
-    (F.SECURITY_CTX, not_yet, "--security-label"),
+    (F.POSIX_ACL, _posix_acl, "--posix-acl (needs DONT_MASK and SETXATTR_EXT with it)"),
+    (F.DONT_MASK, _posix_acl, "with POSIX ACLs the host applies the guest's umask"),
+    (F.SETXATTR_EXT, _posix_acl, "with POSIX ACLs: SETXATTR_ACL_KILL_SGID"),
+    (F.SECURITY_CTX, lambda config: config.security_label, "--security-label"),
     (F.HANDLE_KILLPRIV_V2, lambda config: config.killpriv_v2, "--killpriv-v2"),
     (F.CREATE_SUPP_GROUP, not_yet, "creation with the caller's supplementary group"),
     (F.ALLOW_IDMAP, not_yet, "idmapped mounts in the guest"),
@@ -141,6 +153,10 @@ def negotiate(major: int, minor: int, max_readahead: int, flags: int, flags2: in
     offered = flags & _LOW_32
     if offered & F.INIT_EXT:
         offered |= (flags2 & _LOW_32) << 32
+    for required, predicate, option in REQUIRED_FEATURES:
+        if predicate(config) and offered & required != required:
+            missing = F(required & ~offered)
+            raise FuseError(errno.EPROTO, f"{option} needs the guest to offer {missing!r}")
     enabled = enabled_flags(offered, config)
     session = FuseSession(
         major=abi.KERNEL_VERSION,

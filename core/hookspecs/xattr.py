@@ -1,4 +1,8 @@
-"""Extended-attribute name mapping (``--xattrmap``): room for the policy plugin of its issue.
+"""Extended-attribute name mapping (``--xattrmap``), answered by the ``xattrmap`` policy plugin.
+
+The passthrough file system calls these for every name of GETXATTR, SETXATTR, REMOVEXATTR and
+of a security context (to host), and for every name LISTXATTR finds (to guest); ``req`` is
+``None`` when it asks at start (whether ``security.capability`` is renamed).
 
 ``None`` means "no opinion" for pluggy, so a mapping hook that hides or refuses a name returns an
 explicit result object, never ``None``, for that.

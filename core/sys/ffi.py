@@ -38,6 +38,7 @@ ffi.cdef("""
     int fallocate64(int fd, int mode, long long offset, long long len);
     int utimensat(int dirfd, const char *pathname, const struct timespec times[2], int flags);
     int futimens(int fd, const struct timespec times[2]);
+    int unshare(int flags);
 """)
 _libc = ffi.dlopen(None)
 
@@ -51,6 +52,8 @@ RENAME_WHITEOUT = 1 << 2
 # <linux/stat.h>: the two special nanosecond values of utimensat(2).
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+# <sched.h>
+CLONE_FS = 0x00000200
 # <linux/falloc.h>
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -151,3 +154,10 @@ def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
     times = ffi.new("struct timespec[2]", [atime, mtime])
     if _libc.futimens(fd, times) != 0:
         _raise("futimens", fd, atime, mtime)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) for the calling thread (``os.unshare`` needs Python 3.12); with ``CLONE_FS``
+    the thread gets its own umask, working directory and root."""
+    if _libc.unshare(flags) != 0:
+        _raise("unshare", flags)

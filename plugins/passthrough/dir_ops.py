@@ -23,6 +23,7 @@ from virtiofsd.fuse.dirents import DirentBuffer
 from virtiofsd.fuse.replies import EMPTY
 from virtiofsd.sys import ffi
 from virtiofsd.sys.dirents64 import Dirent64, parse_dirents64
+from virtiofsd_plugins.passthrough.creation import as_creator, label_new_node, security_context
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
@@ -72,18 +73,20 @@ class DirOps:
                              umask: int) -> Any:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
-        with self._state.ids.acting_as_caller(req):
+        context = security_context(self._state, req)
+        with as_creator(self._state, req, umask):
             os.mkdir(name, mode & 0o7777, dir_fd=parent_inode.fd)
-        return self._state.lookup(req, parent_inode, name)
+        return self._labelled_entry(req, parent_inode, name, context, is_dir=True)
 
     @hookimpl
     def virtiofsd_fuse_mknod(self, req: Any, parent: int, name: bytes, mode: int, rdev: int,
                              umask: int) -> Any:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
-        with self._state.ids.acting_as_caller(req):
+        context = security_context(self._state, req)
+        with as_creator(self._state, req, umask):
             os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_inode.fd)
-        return self._state.lookup(req, parent_inode, name)
+        return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
 
     @hookimpl
     def virtiofsd_fuse_symlink(self, req: Any, parent: int, name: bytes, target: bytes) -> Any:
@@ -91,9 +94,17 @@ class DirOps:
         if b"\0" in target:
             raise FuseError(errno.EINVAL, "symlink target holds a NUL byte")
         parent_inode = self._inodes.get(parent)
-        with self._state.ids.acting_as_caller(req):
+        context = security_context(self._state, req)
+        with as_creator(self._state, req, None):
             os.symlink(target, name, dir_fd=parent_inode.fd)
-        return self._state.lookup(req, parent_inode, name)
+        return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
+
+    def _labelled_entry(self, req: Any, parent_inode: Any, name: bytes,
+                        context: tuple[bytes, bytes] | None, is_dir: bool) -> Any:
+        """The entry of the node just created, labelled first when the guest sent a security
+        context (the node is removed again when that fails)."""
+        path_fd = label_new_node(self._state, req, parent_inode.fd, name, context, is_dir)
+        return self._state.entry_for_fd(req, parent_inode, path_fd)
 
     @hookimpl
     def virtiofsd_fuse_link(self, req: Any, nodeid: int, newparent: int, newname: bytes) -> Any:

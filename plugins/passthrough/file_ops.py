@@ -28,6 +28,7 @@ from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, CreateReply, LseekReply, OpenReply, WriteReply
 from virtiofsd.sys import ffi
 from virtiofsd.sys.credentials import without_fsetid
+from virtiofsd_plugins.passthrough.creation import as_creator, security_context
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
@@ -42,6 +43,10 @@ _WRITE_KILL_SUIDGID = abi.WRITE_KILL_SUIDGID
 def _kills_suidgid(req: Any, flag: int) -> bool:
     """Whether the request's kill-suidgid ``flag`` counts: only under HANDLE_KILLPRIV_V2."""
     return bool(flag and req.session.flags & _KILLPRIV_V2)
+#: Flags that create a named file; an O_TMPFILE open must not carry them.
+_NAMED_CREATION_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_TRUNC
+#: What openat(O_TMPFILE) answers where the file system cannot make unnamed files.
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
 
 class FileOps:
@@ -75,9 +80,14 @@ class FileOps:
         parent_inode = self._inodes.get(parent)
         host_flags = (state.host_open_flags(flags, req.session.flags)
                       | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+        context = security_context(state, req)
         try:
-            with self._state.ids.acting_as_caller(req):
-                fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+            if context is None:
+                with as_creator(self._state, req, umask):
+                    fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+            else:
+                fd = self._create_labelled(req, parent_inode, name, host_flags, mode & 0o7777,
+                                           umask, context)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -93,7 +103,7 @@ class FileOps:
         parent_inode = self._inodes.get(parent)
         host_flags = (state.host_open_flags(flags & ~os.O_TMPFILE, req.session.flags)
                       | flags & os.O_EXCL | os.O_TMPFILE)
-        with state.ids.acting_as_caller(req):
+        with as_creator(state, req, umask):
             fd = os.open(".", host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
         return self._created(req, parent_inode, fd)
 
@@ -108,6 +118,45 @@ class FileOps:
             raise
         fh = self._handles.insert(entry.nodeid, fd)
         return CreateReply(entry, OpenReply(fh, state.file_open_flags))
+
+    def _create_labelled(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
+                         mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
+        """Create ``name`` already carrying its security label: an unnamed O_TMPFILE is
+        labelled, then linked into place (EEXIST when the name appeared meanwhile).  Where the
+        file system has no O_TMPFILE the file is created, labelled, and removed again when
+        labelling fails.  An O_TMPFILE must be writable, so a read-only create gets a
+        read-write handle (the guest kernel still enforces its own open mode)."""
+        access = host_flags & os.O_ACCMODE
+        tmp_flags = ((host_flags & ~(_NAMED_CREATION_FLAGS | os.O_ACCMODE)) | os.O_TMPFILE
+                     | (os.O_RDWR if access == os.O_RDONLY else access))
+        try:
+            with as_creator(self._state, req, umask):
+                fd = os.open(".", tmp_flags, mode, dir_fd=parent_inode.fd)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            return self._create_then_label(req, parent_inode, name, host_flags, mode, umask,
+                                           context)
+        try:
+            os.setxattr(fd, context[0], context[1])
+            os.link(str(fd), name, src_dir_fd=self._state.proc_self_fd,
+                    dst_dir_fd=parent_inode.fd, follow_symlinks=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _create_then_label(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
+                           mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
+        with as_creator(self._state, req, umask):
+            fd = os.open(name, host_flags, mode, dir_fd=parent_inode.fd)
+        try:
+            os.setxattr(fd, context[0], context[1])
+        except BaseException:
+            os.close(fd)
+            os.unlink(name, dir_fd=parent_inode.fd)
+            raise
+        return fd
 
     def _open_existing(self, req: Any, parent_inode: Any, name: bytes, flags: int,
                        open_flags: int) -> Any:

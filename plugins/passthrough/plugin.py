@@ -3,13 +3,18 @@ system.
 
 The module itself holds no state.  Its configure hook asks the inode-store slot for a store (the
 ``--inode-file-handles`` strategy), builds :class:`~.state.PassthroughState` and registers the
-three operation objects, which share it:
+operation objects, which share it:
 
 - ``passthrough.entry_ops``: INIT/DESTROY, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, ACCESS,
   STATFS, and the unconfigure hook that releases the state;
 - ``passthrough.dir_ops``: creating, removing, renaming, reading folders;
 - ``passthrough.file_ops``: open files;
 - ``passthrough.locks``: POSIX record locks and flock(2), held on the host.
+- ``passthrough.xattrs``: extended attributes, when ``--xattr`` (or an option implying it) is
+  on, and ``passthrough.capability_guard`` when ``--xattrmap`` renames ``security.capability``.
+
+The mapping plugin (``--xattrmap``) configures itself first (``tryfirst``), so the names it maps
+are known here.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 from virtiofsd import hookimpl
-from virtiofsd.errors import ConfigError
+from virtiofsd.errors import ConfigError, FuseError
 from virtiofsd_plugins.passthrough.dir_ops import DirOps
 from virtiofsd_plugins.passthrough.entry_ops import EntryOps
 from virtiofsd_plugins.passthrough.file_ops import FileOps
 from virtiofsd_plugins.passthrough.locks import LockOps
 from virtiofsd_plugins.passthrough.state import PassthroughState
+from virtiofsd_plugins.passthrough.xattrs import SECURITY_CAPABILITY, CapabilityGuard, XattrOps
 
 
 @hookimpl
@@ -35,8 +41,24 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
     if store is None:
         raise ConfigError("the passthrough file system needs an inode store "
                           "(--inode-file-handles): no plugin provides one")
-    state = PassthroughState.create(config, store)
+    state = PassthroughState.create(config, store, pm.hook.virtiofsd_xattr_to_host)
     pm.register(EntryOps(state), name="passthrough.entry_ops")
     pm.register(DirOps(state), name="passthrough.dir_ops")
     pm.register(FileOps(state), name="passthrough.file_ops")
     pm.register(LockOps(state), name="passthrough.locks")
+    if config.xattr:
+        pm.register(XattrOps(state, pm.hook.virtiofsd_xattr_to_guest, config.posix_acl),
+                    name="passthrough.xattrs")
+        capability = _remapped_capability_name(state)
+        if capability is not None:
+            pm.register(CapabilityGuard(state, capability), name="passthrough.capability_guard")
+
+
+def _remapped_capability_name(state: PassthroughState) -> bytes | None:
+    """The host name ``security.capability`` is stored under when the map renames it; ``None``
+    when it is kept (the host kernel guards it) or refused (the guest cannot set it)."""
+    try:
+        host_name = state.xattr_name_to_host(None, SECURITY_CAPABILITY)
+    except FuseError:
+        return None
+    return None if host_name == SECURITY_CAPABILITY else host_name

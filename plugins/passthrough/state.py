@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from virtiofsd.config import CacheMode
@@ -48,8 +49,8 @@ _SUBMOUNTS = int(abi.InitFlag.SUBMOUNTS)
 _WRITEBACK_CACHE = int(abi.InitFlag.WRITEBACK_CACHE)
 
 
-def open_proc_self_fd() -> int:
-    """An O_PATH descriptor of this process's fd folder.
+def open_proc_self_fd() -> tuple[int, str]:
+    """An O_PATH descriptor of this process's fd folder, and the path it was opened by.
 
     ``/proc/self/fd`` normally; ``/proc`` inside the namespace sandbox, where the fd folder is
     bind-mounted over ``/proc``.  A candidate is accepted only when its entry named after its own
@@ -70,21 +71,32 @@ def open_proc_self_fd() -> int:
             os.close(fd)
             continue
         if (own.st_dev, own.st_ino) == (through_link.st_dev, through_link.st_ino):
-            return fd
+            return fd, path
         os.close(fd)
     raise ConfigError("cannot find this process's fd folder (/proc/self/fd): is /proc mounted?")
+
+
+def _unmapped(req: Any, name: bytes) -> None:
+    """The mapping hook's answer when no mapping plugin is loaded."""
+    return None
 
 
 class PassthroughState:
     """The state of one passthrough file system, shared by its operation objects."""
 
-    def __init__(self, config: Any, inodes: Any, proc_self_fd: int) -> None:
-        """Take ownership of ``inodes`` (an inode store) and ``proc_self_fd``."""
+    def __init__(self, config: Any, inodes: Any, proc_self_fd: int,
+                 proc_self_fd_path: str = "/proc/self/fd",
+                 xattr_to_host: Callable[..., Any] | None = None) -> None:
+        """Take ownership of ``inodes`` (an inode store) and ``proc_self_fd``, the descriptor of
+        the fd folder found at ``proc_self_fd_path``.  ``xattr_to_host`` is the caller of the
+        ``virtiofsd_xattr_to_host`` hook (``None``: names are never mapped)."""
         self.config = config
         self.inodes = inodes
         self.handles = HandleTable()
         self.ids = IdMapper.from_config(config)
         self.proc_self_fd = proc_self_fd
+        self._proc_self_fd_path = proc_self_fd_path
+        self._xattr_to_host = xattr_to_host or _unmapped
         self.timeout = config.timeout
         self.file_open_flags, self.dir_open_flags = _CACHE_OPEN_FLAGS[CacheMode(config.cache)]
         self._cleared_open_flags = _STRIPPED_OPEN_FLAGS
@@ -99,8 +111,10 @@ class PassthroughState:
         self._saved_umask = os.umask(0)
 
     @classmethod
-    def create(cls, config: Any, inodes: Any) -> PassthroughState:
-        return cls(config, inodes, open_proc_self_fd())
+    def create(cls, config: Any, inodes: Any,
+               xattr_to_host: Callable[..., Any] | None = None) -> PassthroughState:
+        fd, path = open_proc_self_fd()
+        return cls(config, inodes, fd, path, xattr_to_host)
 
     # --- Inodes --------------------------------------------------------------------------------
 
@@ -135,6 +149,23 @@ class PassthroughState:
         if not inode.reopenable:
             raise FuseError(errno.EBADF, f"node {inode.nodeid} is not a regular file or folder")
         return os.open(str(inode.fd), flags, dir_fd=self.proc_self_fd)
+
+    def magic_link_path(self, fd: int) -> str:
+        """The absolute path of the magic link of descriptor ``fd`` (an inode's O_PATH one), for
+        the system calls that take a path but no directory descriptor (``getxattr(2)`` and its
+        kin: their ``f*`` forms refuse O_PATH descriptors).  The only place that builds such a
+        path: it follows wherever the fd folder was found (``/proc`` inside the namespace
+        sandbox)."""
+        return f"{self._proc_self_fd_path}/{fd}"
+
+    def xattr_name_to_host(self, req: Any, name: bytes) -> bytes:
+        """The host name of the guest's xattr ``name`` (``--xattrmap``, through the mapping
+        hook; unchanged when no mapping plugin is loaded).
+
+        :raises FuseError: the map refuses the name (EPERM or ENOTSUP).
+        """
+        mapped = self._xattr_to_host(req=req, name=name)
+        return name if mapped is None else mapped
 
     # --- Opening -------------------------------------------------------------------------------
 

@@ -44,10 +44,6 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
 
 
 @pytest.mark.parametrize("argv, option", [
-    (["--xattr"], "--xattr"),
-    (["--posix-acl"], "--posix-acl"),
-    (["--xattrmap", ":map::user.virtiofs.:"], "--xattrmap"),
-    (["--security-label"], "--security-label"),
     (["--modcaps=+sys_admin"], "--modcaps"),
     (["--uid-map", ":0:1000:1:"], "--uid-map"),
     (["--migration-mode", "file-handles"], "--migration-mode"),
@@ -55,11 +51,32 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
     (["--sandbox", "namespace"], "--sandbox=namespace"),
     (["--sandbox", "chroot"], "--sandbox=chroot"),
     (["--seccomp", "kill"], "--seccomp=kill"),
-    (["-o", "xattr"], "--xattr"),
 ])
 def test_unbuilt_options_are_refused_by_name(base, argv, option):
     with pytest.raises(ConfigError, match=option):
         parse(*base, *argv)
+
+
+@pytest.mark.parametrize("argv", [["--xattr"], ["-o", "xattr"], ["--posix-acl"],
+                                  ["--security-label"], ["--xattrmap", ":ok:all:::"],
+                                  ["-o", "xattrmap=:ok:all:::"],
+                                  ["--posix-acl", "-o", "no_xattr"]])
+def test_xattr_options_turn_xattrs_on(base, argv):
+    """--posix-acl, --security-label and --xattrmap imply --xattr, as in the Rust daemon."""
+    config, _ = parse(*base, *argv)
+    assert config.xattr
+    assert config.posix_acl == ("--posix-acl" in argv)
+    assert config.security_label == ("--security-label" in argv)
+
+
+def test_xattr_off_by_default_and_with_no_xattr(base):
+    assert not parse(*base)[0].xattr
+    assert not parse(*base, "--xattr", "-o", "no_xattr")[0].xattr
+
+
+def test_an_empty_xattrmap_is_refused(base):
+    with pytest.raises(ConfigError, match="--xattrmap: no rule given"):
+        parse(*base, "--xattrmap", "  ")
 
 
 def test_translations_reach_the_config_in_order(base):
@@ -179,6 +196,7 @@ def test_version_and_help():
 
 def test_refusal_exits_2_naming_the_option(tmp_path):
     result = run_cli("--socket-path", str(tmp_path / "s"), "--shared-dir", str(tmp_path),
-                     "--xattr")
+                     "--tag", "x" * 37)
     assert result.returncode == 2
-    assert "--xattr is not implemented yet" in result.stderr
+    assert "--tag must be 1 to 36 bytes long" in result.stderr
+    assert not (tmp_path / "s").exists()

@@ -70,8 +70,7 @@ def test_each_flag_alone(flag):
     assert session.has(flag) == bool(flag & DEFAULT_ENABLED)
 
 
-@pytest.mark.parametrize("flag", [F.POSIX_ACL, F.SECURITY_CTX, F.EXPORT_SUPPORT, F.DONT_MASK,
-                                  F.SETXATTR_EXT, F.SPLICE_READ, F.NO_OPEN_SUPPORT,
+@pytest.mark.parametrize("flag", [F.EXPORT_SUPPORT, F.SPLICE_READ, F.NO_OPEN_SUPPORT,
                                   F.CACHE_SYMLINKS, F.CREATE_SUPP_GROUP, F.HAS_INODE_DAX])
 def test_unsupported_features_stay_off_under_every_option(flag):
     config = Config(shared_dir="/", posix_acl=True, security_label=True, killpriv_v2=True,
@@ -150,3 +149,32 @@ def test_a_fresh_session_is_uninitialized():
     assert session.flags == 0
     assert not session.has(F.ASYNC_READ)
     assert "initialized=False" in repr(session)
+
+
+ACL_FLAGS = F.POSIX_ACL | F.DONT_MASK | F.SETXATTR_EXT
+
+
+def test_posix_acl_negotiates_its_three_flags():
+    config = Config(shared_dir="/", xattr=True, posix_acl=True)
+    session, body = negotiate(7, 38, 0, EVERYTHING, EVERYTHING, config)
+    assert session.has(ACL_FLAGS)
+    assert init_out(body)["flags"] & ACL_FLAGS == ACL_FLAGS
+    assert not negotiate(7, 38, 0, EVERYTHING, EVERYTHING, DEFAULT)[0].flags & ACL_FLAGS
+
+
+@pytest.mark.parametrize("missing", [F.POSIX_ACL, F.DONT_MASK, F.SETXATTR_EXT])
+def test_posix_acl_refuses_a_guest_without_one_of_its_flags(missing):
+    config = Config(shared_dir="/", xattr=True, posix_acl=True)
+    with pytest.raises(FuseError) as caught:
+        negotiate(7, 38, 0, EVERYTHING & ~int(missing), EVERYTHING, config)
+    assert caught.value.errno == errno.EPROTO
+
+
+def test_security_label_negotiates_security_ctx_or_refuses():
+    config = Config(shared_dir="/", xattr=True, security_label=True)
+    offered = F.INIT_EXT | F.SECURITY_CTX
+    session, _ = negotiate(7, 38, 0, offered & 0xFFFFFFFF, offered >> 32, config)
+    assert session.has(F.SECURITY_CTX)
+    with pytest.raises(FuseError) as caught:
+        negotiate(7, 38, 0, int(F.INIT_EXT), 0, config)
+    assert caught.value.errno == errno.EPROTO
