@@ -44,10 +44,6 @@ NOT_YET = {
     "gid_map": "user-namespace id maps",
     "translate_uid": "uid translation",
     "translate_gid": "gid translation",
-    "migration_mode": "live migration",
-    "migration_on_error": "live migration",
-    "migration_verify_handles": "live migration",
-    "migration_confirm_paths": "live migration",
 }
 
 #: Sandbox and seccomp modes that are implemented; the rest are refused when asked for.
@@ -57,7 +53,7 @@ IMPLEMENTED_SECCOMP = {Seccomp.NONE}
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")
 
 #: ``--print-capabilities`` (vhost-user.json "backend program conventions", type fs).
-CAPABILITIES = {"type": "fs", "features": ["separate-options"]}
+CAPABILITIES = {"type": "fs", "features": ["migrate-precopy", "separate-options"]}
 
 
 class CompatOptionError(ConfigError):
@@ -296,6 +292,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     seccomp = _resolve_mode(args.seccomp, Seccomp.KILL, IMPLEMENTED_SECCOMP, "seccomp",
                             Seccomp.NONE, fallbacks, "the seccomp filter")
     inode_store = _resolve_inode_store(args, fallbacks)
+    migration_mode = args.migration_mode or "find-paths"
+    if migration_mode == "file-handles":
+        for option in ("migration_verify_handles", "migration_confirm_paths"):
+            if getattr(args, option):
+                raise ConfigError(f"--{option.replace('_', '-')} only applies to "
+                                  "--migration-mode=find-paths (file handles need no check)")
     log_level = "debug" if args.debug else (args.log_level or "info")
     config = Config(
         shared_dir=shared_dir,
@@ -312,6 +314,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         announce_submounts=args.announce_submounts is not False,
         inode_file_handles=inode_store,
         preserve_noatime=args.preserve_noatime,
+        migration_mode=migration_mode,
+        migration_on_error=args.migration_on_error or "abort",
+        migration_verify_handles=bool(args.migration_verify_handles),
+        migration_confirm_paths=bool(args.migration_confirm_paths),
         sandbox=sandbox,
         seccomp=seccomp,
         rlimit_nofile=args.rlimit_nofile,

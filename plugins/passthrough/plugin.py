@@ -8,7 +8,9 @@ three operation objects, which share it:
 - ``passthrough.entry_ops``: INIT/DESTROY, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, ACCESS,
   STATFS, and the unconfigure hook that releases the state;
 - ``passthrough.dir_ops``: creating, removing, renaming, reading folders;
-- ``passthrough.file_ops``: open files.
+- ``passthrough.file_ops``: open files;
+- ``passthrough.migration_ops``: saving and restoring that state (when a ``--migration-mode``
+  strategy is loaded).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from virtiofsd.errors import ConfigError
 from virtiofsd_plugins.passthrough.dir_ops import DirOps
 from virtiofsd_plugins.passthrough.entry_ops import EntryOps
 from virtiofsd_plugins.passthrough.file_ops import FileOps
+from virtiofsd_plugins.passthrough.migration_ops import MigrationOps
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
 
@@ -37,3 +40,6 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
     pm.register(EntryOps(state), name="passthrough.entry_ops")
     pm.register(DirOps(state), name="passthrough.dir_ops")
     pm.register(FileOps(state), name="passthrough.file_ops")
+    strategy = pm.hook.virtiofsd_make_migration(config=config)
+    if strategy is not None:
+        pm.register(MigrationOps(state, strategy), name="passthrough.migration_ops")

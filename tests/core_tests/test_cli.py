@@ -51,8 +51,6 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
     (["--killpriv-v2"], "--killpriv-v2"),
     (["--translate-uid", "map:0:1000:1"], "--translate-uid"),
     (["--uid-map", ":0:1000:1:"], "--uid-map"),
-    (["--migration-mode", "file-handles"], "--migration-mode"),
-    (["--migration-confirm-paths"], "--migration-confirm-paths"),
     (["--sandbox", "namespace"], "--sandbox=namespace"),
     (["--sandbox", "chroot"], "--sandbox=chroot"),
     (["--seccomp", "kill"], "--seccomp=kill"),
@@ -137,7 +135,8 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 def test_print_capabilities_is_vhost_user_json():
     result = run_cli("--print-capabilities")
     assert result.returncode == 0
-    assert json.loads(result.stdout) == {"type": "fs", "features": ["separate-options"]}
+    assert json.loads(result.stdout) == {"type": "fs",
+                                         "features": ["migrate-precopy", "separate-options"]}
 
 
 def test_version_and_help():
