@@ -152,3 +152,21 @@ def test_refusal_exits_2_naming_the_option(tmp_path):
                      "--xattr")
     assert result.returncode == 2
     assert "--xattr is not implemented yet" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--migration-verify-handles", "--migration-confirm-paths"])
+def test_path_checks_are_refused_with_file_handle_migration(base, option):
+    with pytest.raises(ConfigError, match=f"{option} only applies to --migration-mode=find-paths"):
+        config_from_args(build_parser().parse_args([*base, "--migration-mode", "file-handles",
+                                                    option]))
+
+
+def test_migration_options_reach_the_configuration(base):
+    config, _ = config_from_args(build_parser().parse_args(
+        [*base, "--migration-on-error", "guest-error", "--migration-verify-handles",
+         "--migration-confirm-paths"]))
+    assert (config.migration_mode, config.migration_on_error, config.migration_verify_handles,
+            config.migration_confirm_paths) == ("find-paths", "guest-error", True, True)
+    config, _ = config_from_args(build_parser().parse_args(
+        [*base, "--migration-mode", "file-handles"]))
+    assert (config.migration_mode, config.migration_on_error) == ("file-handles", "abort")
