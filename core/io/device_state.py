@@ -80,7 +80,10 @@ class DeviceStateTransfer:
             self._load(data)
         except Exception as err:
             self._error = str(err)
-            log.error("loading the device state failed: %s", err)
+            # The reason is the message (a foreign stream, an inode not found again); the
+            # traceback only helps a developer.
+            log.error("loading the device state failed: %s", err,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
         finally:
             if fd >= 0:
                 os.close(fd)

@@ -133,6 +133,26 @@ def test_held_inodes_and_handles_carry_on_at_the_destination(ours, share, mode):
     assert (share / "d" / "f").read_bytes() == b"beforeafter"
 
 
+def test_find_paths_falls_back_to_a_search_of_the_shared_folder(ours, share):
+    """The name the guest used is gone (its /proc/self/fd link reads "... (deleted)"), but the
+    inode has another name in the folder: the walk finds it."""
+    with ours(share) as source, ours(share) as destination:
+        client = source.connect()
+        held = hold_files(client)
+        (share / "elsewhere").mkdir()
+        os.link(share / "d" / "f", share / "elsewhere" / "other-name")
+        os.unlink(share / "d" / "f")
+        data = save(client)
+        moved, frontend = load(destination.socket_path, data)
+        try:
+            assert moved is not None, destination.log_text()
+            assert moved.read(held["f"], held["f_fh"], 0, 100) == b"before6789"
+        finally:
+            frontend.close()
+        client.close()
+        assert "searching the shared folder" in source.log_text()
+
+
 def test_abort_refuses_a_state_with_a_lost_inode(ours, share):
     with ours(share) as source, \
             ours(share, "--migration-on-error", "abort") as destination:

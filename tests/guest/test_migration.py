@@ -136,3 +136,21 @@ def test_rounds_back_and_forth_with_requests_in_flight(qemu10, tmp_path):
     assert report.stalls == 0, report
     assert report.completed == CI_ROUNDS, report
     assert report.checks_ok, report
+
+
+@pytest.fixture(scope="module")
+def rust_reference() -> None:
+    if not os.access(runner.RUST_REFERENCE, os.X_OK):
+        pytest.skip(f"the Rust reference daemon is not installed at {runner.RUST_REFERENCE}")
+
+
+@pytest.mark.parametrize("source, destination", [("rust", "ours"), ("ours", "rust")])
+def test_streams_of_the_rust_daemon_do_not_interoperate(qemu10, rust_reference, tmp_path,
+                                                        source, destination):
+    """docs/migration.md: the two state formats differ; the destination refuses the stream and
+    the guest carries on at the source (return-path)."""
+    m = run_migration(source, destination, [], [], tmp_path, qemu10)
+    assert m.status == "failed"
+    if destination == "ours":
+        assert "not a pyvirtiofsd device state" in m.destination_log
+    assert_guest_carried_on(m)
