@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.guest]
 
 READY_TIMEOUT = 180.0
 EXIT_TIMEOUT = 180.0
-CI_ROUNDS = 3
+CI_ROUNDS = 2
 
 
 @dataclasses.dataclass
@@ -144,13 +144,13 @@ def rust_reference() -> None:
         pytest.skip(f"the Rust reference daemon is not installed at {runner.RUST_REFERENCE}")
 
 
-@pytest.mark.parametrize("source, destination", [("rust", "ours"), ("ours", "rust")])
-def test_streams_of_the_rust_daemon_do_not_interoperate(qemu10, rust_reference, tmp_path,
-                                                        source, destination):
-    """docs/migration.md: the two state formats differ; the destination refuses the stream and
-    the guest carries on at the source (return-path)."""
-    m = run_migration(source, destination, [], [], tmp_path, qemu10)
+def test_a_rust_daemon_stream_is_refused_and_the_source_carries_on(qemu10, rust_reference,
+                                                                   tmp_path):
+    """docs/migration.md: the two state formats differ; our destination refuses the Rust
+    daemon's stream with a clear reason and the guest carries on at the source (return-path).
+    The other direction fails the same way in the Rust daemon ("Serde Deserialization Error");
+    it is not repeated here to keep the guest time down."""
+    m = run_migration("rust", "ours", [], [], tmp_path, qemu10)
     assert m.status == "failed"
-    if destination == "ours":
-        assert "not a pyvirtiofsd device state" in m.destination_log
+    assert "not a pyvirtiofsd device state" in m.destination_log
     assert_guest_carried_on(m)
