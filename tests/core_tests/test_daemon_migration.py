@@ -104,6 +104,17 @@ def hold_files(client: FuseClient) -> dict[str, int]:
     return held
 
 
+def read_f_after_migration(client: FuseClient, destination, held: dict[str, int]) -> bytes:
+    """Migrate ``client``'s state to ``destination`` and read the held file there."""
+    moved, frontend = load(destination.socket_path, save(client))
+    try:
+        assert moved is not None, destination.log_text()
+        return moved.read(held["f"], held["f_fh"], 0, 100)
+    finally:
+        frontend.close()
+        client.close()
+
+
 @pytest.mark.parametrize("mode", ["find-paths", "file-handles"])
 def test_held_inodes_and_handles_carry_on_at_the_destination(ours, share, mode):
     with ours(share, "--migration-mode", mode) as source, \
@@ -142,14 +153,7 @@ def test_find_paths_falls_back_to_a_search_of_the_shared_folder(ours, share):
         (share / "elsewhere").mkdir()
         os.link(share / "d" / "f", share / "elsewhere" / "other-name")
         os.unlink(share / "d" / "f")
-        data = save(client)
-        moved, frontend = load(destination.socket_path, data)
-        try:
-            assert moved is not None, destination.log_text()
-            assert moved.read(held["f"], held["f_fh"], 0, 100) == b"before6789"
-        finally:
-            frontend.close()
-        client.close()
+        assert read_f_after_migration(client, destination, held) == b"before6789"
         assert "searching the shared folder" in source.log_text()
 
 
@@ -204,14 +208,7 @@ def test_confirm_paths_migrates_like_find_paths(ours, share):
         client = source.connect()
         held = hold_files(client)
         os.rename(share / "d" / "f", share / "d" / "renamed")
-        data = save(client)
-        moved, frontend = load(destination.socket_path, data)
-        try:
-            assert moved is not None, destination.log_text()
-            assert moved.read(held["f"], held["f_fh"], 0, 6) == b"before"
-        finally:
-            frontend.close()
-        client.close()
+        assert read_f_after_migration(client, destination, held) == b"before6789"
 
 
 def logged_pages(bitmap: memoryview) -> set[int]:
