@@ -47,9 +47,10 @@ class DirtyLog:
         self._size = bitmap.nbytes
         self._keep_alive = keep_alive
         self._lock = threading.Lock()
-        self._memory: GuestMemory | None = None
-        self._starts: list[int] = []
-        self._regions: list[tuple[int, int, int]] = []  # (host start, host end, gpa)
+        #: (memory table, host start of each region, (host start, host end, gpa) of each),
+        #: replaced in one assignment: pool threads may mark concurrently.
+        self._index: tuple[GuestMemory | None, list[int], list[tuple[int, int, int]]] = (
+            None, [], [])
         self._warned = False
 
     @classmethod
@@ -76,27 +77,29 @@ class DirtyLog:
 
     def mark_views(self, memory: GuestMemory, views: Sequence[memoryview], length: int) -> None:
         """Mark the first ``length`` bytes of ``views`` (slices of ``memory``'s regions)."""
-        if memory is not self._memory:
-            self._index(memory)
+        indexed, starts, regions = self._index
+        if memory is not indexed:
+            indexed, starts, regions = self._index = self._build_index(memory)
         for view in views:
             if length <= 0:
                 return
             size = min(view.nbytes, length)
             length -= size
             address = _address(view)
-            position = bisect.bisect_right(self._starts, address) - 1
-            if position < 0 or address + size > self._regions[position][1]:
+            position = bisect.bisect_right(starts, address) - 1
+            if position < 0 or address + size > regions[position][1]:
                 self._outside(address, size)
                 continue
-            start, _end, gpa = self._regions[position]
+            start, _end, gpa = regions[position]
             self.mark(gpa + address - start, size)
 
-    def _index(self, memory: GuestMemory) -> None:
+    @staticmethod
+    def _build_index(memory: GuestMemory) -> tuple[GuestMemory, list[int],
+                                                   list[tuple[int, int, int]]]:
         regions = sorted((_address(region.view), region.size, region.guest_phys_addr)
                          for region in memory.regions)
-        self._regions = [(start, start + size, gpa) for start, size, gpa in regions]
-        self._starts = [start for start, _size, _gpa in regions]
-        self._memory = memory
+        return (memory, [start for start, _size, _gpa in regions],
+                [(start, start + size, gpa) for start, size, gpa in regions])
 
     def _outside(self, where: int, length: int) -> None:
         if not self._warned:
