@@ -37,10 +37,6 @@ NOT_YET = {
     "modcaps": "capability management",
     "uid_map": "user-namespace id maps",
     "gid_map": "user-namespace id maps",
-    "migration_mode": "live migration",
-    "migration_on_error": "live migration",
-    "migration_verify_handles": "live migration",
-    "migration_confirm_paths": "live migration",
 }
 
 #: Sandbox and seccomp modes that are implemented; the rest are refused when asked for.
@@ -50,7 +46,7 @@ IMPLEMENTED_SECCOMP = {Seccomp.NONE}
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")
 
 #: ``--print-capabilities`` (vhost-user.json "backend program conventions", type fs).
-CAPABILITIES = {"type": "fs", "features": ["separate-options"]}
+CAPABILITIES = {"type": "fs", "features": ["migrate-precopy", "separate-options"]}
 
 
 class CompatOptionError(ConfigError):
@@ -307,6 +303,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     inode_store = _resolve_inode_store(args, fallbacks)
     parse_translation(args.translate_uid or (), "uid")
     parse_translation(args.translate_gid or (), "gid")
+    migration_mode = args.migration_mode or "find-paths"
+    if migration_mode == "file-handles":
+        for option in ("migration_verify_handles", "migration_confirm_paths"):
+            if getattr(args, option):
+                raise ConfigError(f"--{option.replace('_', '-')} only applies to "
+                                  "--migration-mode=find-paths (file handles need no check)")
     log_level = "debug" if args.debug else (args.log_level or "info")
     config = Config(
         shared_dir=shared_dir,
@@ -327,6 +329,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         killpriv_v2=bool(args.killpriv_v2),
         posix_lock=args.posix_lock,
         flock=args.flock,
+        migration_mode=migration_mode,
+        migration_on_error=args.migration_on_error or "abort",
+        migration_verify_handles=bool(args.migration_verify_handles),
+        migration_confirm_paths=bool(args.migration_confirm_paths),
         sandbox=sandbox,
         seccomp=seccomp,
         rlimit_nofile=args.rlimit_nofile,

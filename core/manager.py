@@ -43,7 +43,8 @@ def entry_point_names(group: str) -> list[str]:
 
 def selected_entry_points(config: Any) -> list[tuple[str, str]]:
     """The ``(group, name)`` pairs a configuration selects, in registration order."""
-    selected = [(GROUP_FS, "passthrough"), (GROUP_INODE_STORE, config.inode_file_handles)]
+    selected = [(GROUP_FS, "passthrough"), (GROUP_INODE_STORE, config.inode_file_handles),
+                (GROUP_MIGRATION, config.migration_mode)]
     if config.readonly:
         selected.append((GROUP_POLICY, "readonly"))
     if config.xattrmap is not None:

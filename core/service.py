@@ -25,6 +25,7 @@ from virtiofsd.config import Config
 from virtiofsd.errors import ConfigError
 from virtiofsd.fuse.router import FuseRouter
 from virtiofsd.io.daemon import serve_connection
+from virtiofsd.io.device_state import DeviceStateTransfer
 from virtiofsd.io.pidfile import PidFile
 from virtiofsd.io.unix_socket import accept_one, adopt_listener, listen_at
 from virtiofsd.limits import apply_rlimit_nofile
@@ -95,7 +96,8 @@ def run(config: Config) -> int:
             listener.close()
             try:
                 clean = serve_connection(connection, router, tag=config.tag,
-                                         thread_pool_size=config.thread_pool_size)
+                                         thread_pool_size=config.thread_pool_size,
+                                         device_state=_device_state_transfer(pm, router))
             finally:
                 connection.close()
             if not clean:
@@ -109,6 +111,25 @@ def run(config: Config) -> int:
         if pidfile is not None:
             pidfile.release()
     return 0
+
+
+def _device_state_transfer(pm: Any, router: FuseRouter) -> DeviceStateTransfer:
+    """Live migration: the file system saves and loads its state through the migration hooks;
+    the FUSE session travels with it, so the guest goes on without a new INIT."""
+
+    def save() -> bytes:
+        data = pm.hook.virtiofsd_migration_save(session=router.session)
+        if data is None:
+            raise RuntimeError("no plugin can save the file system state for migration")
+        return data
+
+    def load(data: bytes) -> None:
+        session = pm.hook.virtiofsd_migration_load(data=data)
+        if session is None:
+            raise RuntimeError("no plugin can load the file system state for migration")
+        router.restore_session(session)
+
+    return DeviceStateTransfer(save, load)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -104,6 +104,12 @@ class FuseRouter:
         """The session requests currently run in (uninitialized before INIT)."""
         return self._session
 
+    def restore_session(self, session: FuseSession) -> None:
+        """Continue a session a migration source negotiated: the guest sends no new INIT."""
+        with self._lifecycle:
+            self._session = session
+        log.info("FUSE session continued from the migration source: flags %#x", session.flags)
+
     def reset(self) -> None:
         """Device reset or front-end disconnect: end the FUSE session as DESTROY would.
 

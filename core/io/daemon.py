@@ -51,11 +51,11 @@ from virtiofsd.deferred import Deferred
 from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.io.unix_socket import receive_message, send_message
 from virtiofsd.ratelimit import RateLimitedLog
-from virtiofsd.vhost_user.backend import VhostUserBackend, Vring
+from virtiofsd.vhost_user.backend import DeviceStateHandler, VhostUserBackend, Vring
 from virtiofsd.virtio.chain import DescriptorChain, InvalidChainError
 from virtiofsd.virtio.device import ChainHandler
 from virtiofsd.virtio.memory import GuestMemory
-from virtiofsd.virtio.split_queue import SplitQueue
+from virtiofsd.virtio.split_queue import SplitQueue, ring_layout_sizes
 
 __all__ = ["QueueWorker", "serve_connection"]
 
@@ -104,7 +104,7 @@ class QueueWorker:
         #: Deferred replies not yet resolved (cancelled when the ring stops).
         self._deferred: set[Deferred] = set()
         #: Without a pool: resolved deferred chains, (head, written), for the worker to complete.
-        self._resolved: deque[tuple[int, int]] = deque()
+        self._resolved: deque[tuple[DescriptorChain, int]] = deque()
         self._stopping = False
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread = threading.Thread(
@@ -202,6 +202,7 @@ class QueueWorker:
         push_used = queue.push_used
         serve_chain = self._serve_chain
         index = self._index
+        vring = self._vring
         while not self._stopping:
             try:
                 chain = pop()
@@ -212,6 +213,8 @@ class QueueWorker:
                         queue.push_used(err.head, 0)
                     else:
                         self._complete_out_of_order(err.head, 0)
+                    if vring.dirty_log is not None:
+                        self._log_completion(None, 0)
                 continue
             except GuestProtocolError as err:
                 self._guest_errors.error("ring %d: %s; waiting for the next kick", index, str(err))
@@ -226,6 +229,8 @@ class QueueWorker:
             written = serve_chain(chain)
             if written is not None:
                 push_used(chain.head, written)
+                if vring.dirty_log is not None:
+                    self._log_completion(chain, written)
         return True
 
     def _serve_chain(self, chain: DescriptorChain) -> int | None:
@@ -256,6 +261,8 @@ class QueueWorker:
             written = self._serve_chain(chain)
             if written is not None:
                 self._complete_out_of_order(chain.head, written)
+                if self._vring.dirty_log is not None:
+                    self._log_completion(chain, written)
         finally:
             with self._completion_lock:
                 self._in_flight -= 1
@@ -277,10 +284,12 @@ class QueueWorker:
                 written = 0
             try:
                 if self._pool is None:
-                    self._resolved.append((head, written))
+                    self._resolved.append((chain, written))
                     self.wake()
                 else:
                     self._complete_out_of_order(head, written)
+                    if self._vring.dirty_log is not None:
+                        self._log_completion(chain, written)
             finally:
                 with self._completion_lock:
                     self._deferred.discard(deferred)
@@ -295,8 +304,21 @@ class QueueWorker:
         push_used = self._queue.push_used
         resolved = self._resolved
         while resolved:
-            head, written = resolved.popleft()
-            push_used(head, written)
+            chain, written = resolved.popleft()
+            push_used(chain.head, written)
+            if self._vring.dirty_log is not None:
+                self._log_completion(chain, written)
+
+    def _log_completion(self, chain: DescriptorChain | None, written: int) -> None:
+        """Live migration is on: mark what a completion wrote into guest memory (the chain's
+        reply bytes and the used ring) in the dirty log."""
+        dirty_log = self._vring.dirty_log
+        if dirty_log is None:
+            return
+        queue = self._queue
+        if chain is not None and written:
+            dirty_log.mark_views(queue.memory, chain.writable, written)
+        dirty_log.mark(queue.used_gpa, ring_layout_sizes(queue.size, queue.event_idx)[2])
 
     def _complete_out_of_order(self, head: int, written: int) -> None:
         """Put one chain on the used ring and notify the driver if it asked to be."""
@@ -343,6 +365,7 @@ def serve_connection(
     tag: str | None = None,
     num_request_queues: int = 1,
     thread_pool_size: int = 0,
+    device_state: DeviceStateHandler | None = None,
 ) -> bool:
     """Serve one connected front-end until it disconnects; the caller keeps ``sock``.
 
@@ -353,7 +376,8 @@ def serve_connection(
     pool = (ThreadPoolExecutor(thread_pool_size, thread_name_prefix="fuse-pool")
             if thread_pool_size > 0 else None)
     workers = _Workers(handler, pool)
-    backend = VhostUserBackend(workers, tag=tag, num_request_queues=num_request_queues)
+    backend = VhostUserBackend(workers, tag=tag, num_request_queues=num_request_queues,
+                               device_state=device_state)
     clean = False
     try:
         while True:

@@ -12,8 +12,10 @@ thread's credentials, which is what a daemon serving several requests at once ne
 creating a file for guest uid 1000 must not turn its neighbours into uid 1000.  Syscall numbers
 are per architecture; the table below covers the architectures we run on.
 
-The mount id (``statx`` with ``STATX_MNT_ID``), ``openat2`` and file handles come in later
-issues and belong here too.
+File handles (``name_to_handle_at``/``open_by_handle_at``) and ``statx`` with
+``STATX_MNT_ID`` are bound in one block below: together they name an inode independently of any
+open descriptor, which is what the ``prefer``/``mandatory`` inode stores and the file-handles
+migration mode build on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import errno
 import os
 import platform
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cffi
 
@@ -39,11 +42,32 @@ ffi.cdef("""
     int utimensat(int dirfd, const char *pathname, const struct timespec times[2], int flags);
     int futimens(int fd, const struct timespec times[2]);
     int unshare(int flags);
+
+    struct file_handle { unsigned int handle_bytes; int handle_type; unsigned char f_handle[]; };
+    int name_to_handle_at(int dirfd, const char *pathname, struct file_handle *handle,
+                          int *mount_id, int flags);
+    int open_by_handle_at(int mount_fd, struct file_handle *handle, int flags);
+    struct statx_timestamp { int64_t tv_sec; uint32_t tv_nsec; int32_t __reserved; };
+    struct statx {
+        uint32_t stx_mask; uint32_t stx_blksize; uint64_t stx_attributes;
+        uint32_t stx_nlink; uint32_t stx_uid; uint32_t stx_gid; uint16_t stx_mode;
+        uint16_t __spare0[1];
+        uint64_t stx_ino; uint64_t stx_size; uint64_t stx_blocks; uint64_t stx_attributes_mask;
+        struct statx_timestamp stx_atime, stx_btime, stx_ctime, stx_mtime;
+        uint32_t stx_rdev_major; uint32_t stx_rdev_minor;
+        uint32_t stx_dev_major; uint32_t stx_dev_minor;
+        uint64_t stx_mnt_id;
+        uint32_t stx_dio_mem_align; uint32_t stx_dio_offset_align;
+        uint64_t __spare3[12];
+    };
+    int statx(int dirfd, const char *pathname, int flags, unsigned int mask,
+              struct statx *statxbuf);
 """)
 _libc = ffi.dlopen(None)
 
 # <fcntl.h> / <linux/fcntl.h>
 AT_SYMLINK_NOFOLLOW = 0x100
+AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
 # <linux/fs.h>
 RENAME_NOREPLACE = 1 << 0
@@ -65,6 +89,8 @@ _CREDENTIAL_SYSCALLS = {
     "riscv64": (159, 147, 149),
 }
 _SYSCALLS = _CREDENTIAL_SYSCALLS.get(platform.machine())
+
+_NS = 1_000_000_000
 
 #: ``(uid_t)-1``: "leave this id unchanged" for the set*id calls.
 UNCHANGED = 0xFFFFFFFF
@@ -161,3 +187,103 @@ def unshare(flags: int) -> None:
     the thread gets its own umask, working directory and root."""
     if _libc.unshare(flags) != 0:
         _raise("unshare", flags)
+
+
+# --- File handles and mount ids ---------------------------------------------------------------
+#
+# A file handle names an inode on one file system for as long as the inode exists, whatever
+# names it has or loses; ``open_by_handle_at`` turns it back into a descriptor, given any
+# descriptor on the same mount (the mount-fd table of the inode store keeps one per mount id).
+# Opening by handle needs CAP_DAC_READ_SEARCH; making one does not.  File systems without export
+# operations (procfs, some FUSE ones) answer EOPNOTSUPP.
+
+#: <fcntl.h>: the largest handle the kernel hands out.
+MAX_HANDLE_SZ = 128
+#: <linux/stat.h>
+STATX_BASIC_STATS = 0x7FF
+STATX_MNT_ID = 0x1000
+AT_STATX_SYNC_AS_STAT = 0
+_STATX_SIZE = ffi.sizeof("struct statx")
+assert _STATX_SIZE == 256, _STATX_SIZE
+
+
+class FileHandle(NamedTuple):
+    """An opaque ``struct file_handle``: hashable, so it can key a table of inodes.
+
+    Equal handles on the same mount name the same inode; the bytes mean nothing outside the
+    file system that made them.
+    """
+
+    handle_type: int
+    handle: bytes
+
+
+class StatxResult(NamedTuple):
+    """``statx`` as an ``os.stat_result`` (what attribute replies take) and the mount id."""
+
+    st: os.stat_result
+    mnt_id: int
+
+
+def name_to_handle_at(dirfd: int, path: bytes, flags: int) -> tuple[FileHandle, int]:
+    """name_to_handle_at(2): the file handle of ``path`` in ``dirfd`` and its mount id.
+
+    With ``path`` ``b""`` and ``AT_EMPTY_PATH`` it names ``dirfd`` itself (an O_PATH descriptor
+    will do); add ``AT_SYMLINK_FOLLOW`` to follow a final symlink (not followed by default).
+
+    :raises OSError: EOPNOTSUPP when the file system cannot make handles, EOVERFLOW if a handle
+        exceeds ``MAX_HANDLE_SZ``, or what resolving ``path`` fails with.
+    """
+    buffer = ffi.new("char[]", ffi.sizeof("struct file_handle") + MAX_HANDLE_SZ)
+    handle = ffi.cast("struct file_handle *", buffer)
+    handle.handle_bytes = MAX_HANDLE_SZ
+    mount_id = ffi.new("int *")
+    if _libc.name_to_handle_at(dirfd, path, handle, mount_id, flags) != 0:
+        _raise("name_to_handle_at", dirfd, path, flags)
+    data = bytes(ffi.buffer(handle.f_handle, handle.handle_bytes))
+    return FileHandle(handle.handle_type, data), mount_id[0]
+
+
+def open_by_handle_at(mount_fd: int, handle: FileHandle, flags: int) -> int:
+    """open_by_handle_at(2): a new descriptor of the inode ``handle`` names, opened with
+    ``flags`` (``O_PATH`` included); ``mount_fd`` is any descriptor on the handle's mount
+    opened for real (``O_RDONLY``: the kernel answers EBADF for an O_PATH one).
+
+    :raises OSError: EPERM without CAP_DAC_READ_SEARCH, ESTALE when the inode no longer exists,
+        ELOOP when ``flags`` lacks ``O_PATH`` and the inode is a symlink.
+    """
+    buffer = ffi.new("char[]", ffi.sizeof("struct file_handle") + len(handle.handle))
+    raw = ffi.cast("struct file_handle *", buffer)
+    raw.handle_bytes = len(handle.handle)
+    raw.handle_type = handle.handle_type
+    ffi.memmove(raw.f_handle, handle.handle, len(handle.handle))
+    fd = _libc.open_by_handle_at(mount_fd, raw, flags)
+    if fd < 0:
+        _raise("open_by_handle_at", mount_fd, handle.handle_type, flags)
+    return fd
+
+
+def statx(dirfd: int, path: bytes, flags: int,
+          mask: int = STATX_BASIC_STATS | STATX_MNT_ID) -> StatxResult:
+    """statx(2) of ``path`` in ``dirfd`` (``b""`` with ``AT_EMPTY_PATH``: ``dirfd`` itself).
+
+    The mount id is 0 when the kernel does not report it (before Linux 5.8); everything else
+    is what ``os.stat`` would give (same ``st_dev`` encoding).
+    """
+    buffer = ffi.new("struct statx *")
+    if _libc.statx(dirfd, path, flags, mask, buffer) != 0:
+        _raise("statx", dirfd, path, flags, mask)
+    atime, mtime, ctime = buffer.stx_atime, buffer.stx_mtime, buffer.stx_ctime
+    atime_ns = atime.tv_sec * _NS + atime.tv_nsec
+    mtime_ns = mtime.tv_sec * _NS + mtime.tv_nsec
+    ctime_ns = ctime.tv_sec * _NS + ctime.tv_nsec
+    st = os.stat_result((
+        buffer.stx_mode, buffer.stx_ino, os.makedev(buffer.stx_dev_major, buffer.stx_dev_minor),
+        buffer.stx_nlink, buffer.stx_uid, buffer.stx_gid, buffer.stx_size,
+        atime.tv_sec, mtime.tv_sec, ctime.tv_sec,
+        atime_ns / _NS, mtime_ns / _NS, ctime_ns / _NS, atime_ns, mtime_ns, ctime_ns,
+        buffer.stx_blksize, buffer.stx_blocks,
+        os.makedev(buffer.stx_rdev_major, buffer.stx_rdev_minor),
+    ))
+    mnt_id = buffer.stx_mnt_id if buffer.stx_mask & STATX_MNT_ID else 0
+    return StatxResult(st, mnt_id)

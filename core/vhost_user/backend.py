@@ -38,6 +38,7 @@ from virtiofsd.vhost_user.messages import (
     VirtioFeature,
 )
 from virtiofsd.virtio.device import virtio_fs_config
+from virtiofsd.virtio.dirty_log import DirtyLog
 from virtiofsd.virtio.memory import GuestMemory, GuestMemoryError, map_region
 from virtiofsd.virtio.split_queue import SplitQueue, check_queue_size
 
@@ -54,9 +55,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MEM_SLOTS = 509
 
-#: Virtio features we offer.  LOG_ALL (dirty logging for migration) is not offered yet.
+#: Virtio features we offer; LOG_ALL is dirty logging for live migration.
 OFFERED_FEATURES = (
     VirtioFeature.VERSION_1
+    | VirtioFeature.LOG_ALL
     | VirtioFeature.RING_INDIRECT_DESC
     | VirtioFeature.RING_EVENT_IDX
     | VirtioFeature.PROTOCOL_FEATURES
@@ -70,7 +72,13 @@ BASE_PROTOCOL_FEATURES = (
     | ProtocolFeature.BACKEND_SEND_FD
     | ProtocolFeature.RESET_DEVICE
     | ProtocolFeature.CONFIGURE_MEM_SLOTS
+    | ProtocolFeature.LOG_SHMFD
 )
+
+#: SET_DEVICE_STATE_FD reply: bits 0-7 an error code, bit 8 "no fd of ours comes back".
+_DEVICE_STATE_NO_FD = 0x100
+_DEVICE_STATE_FAILED = 1
+_PHASE_STOPPED = 0
 
 
 class RequestRefused(Exception):
@@ -99,6 +107,7 @@ class Vring:
         "avail_gpa",
         "base",
         "desc_gpa",
+        "dirty_log",
         "enabled",
         "err_fd",
         "index",
@@ -116,6 +125,9 @@ class Vring:
         self.kick_fd = -1
         self.err_fd = -1
         self.running = False
+        #: The dirty log while the front-end has LOG_ALL on, else None; the ring's worker marks
+        #: what it writes into guest memory whenever this is set.
+        self.dirty_log: DirtyLog | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -157,6 +169,17 @@ class Vring:
         self.err_fd = -1
 
 
+class DeviceStateHandler(Protocol):
+    """Carries out SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE; see
+    :mod:`virtiofsd.io.device_state`."""
+
+    def start(self, direction: int, fd: int) -> None:
+        """Take ``fd`` and start saving (0) into it or loading (1) from it."""
+
+    def check(self) -> bool:
+        """Wait for the transfer to end; whether it succeeded."""
+
+
 class RingRunner(Protocol):
     """Runs the workers that consume started rings; see :mod:`virtiofsd.io.daemon`."""
 
@@ -188,6 +211,7 @@ class VhostUserBackend:
         tag: str | None = None,
         num_request_queues: int = 1,
         max_mem_slots: int = DEFAULT_MAX_MEM_SLOTS,
+        device_state: DeviceStateHandler | None = None,
     ) -> None:
         if num_request_queues < 1:
             raise ValueError("a virtio-fs device needs at least one request queue")
@@ -195,9 +219,13 @@ class VhostUserBackend:
         self._config = virtio_fs_config(tag, num_request_queues) if tag is not None else None
         self._max_mem_slots = max_mem_slots
         self.vrings = [Vring(index) for index in range(1 + num_request_queues)]
-        self.offered_protocol_features = BASE_PROTOCOL_FEATURES | (
-            ProtocolFeature.CONFIG if tag is not None else 0
+        self.offered_protocol_features = (
+            BASE_PROTOCOL_FEATURES
+            | (ProtocolFeature.CONFIG if tag is not None else 0)
+            | (ProtocolFeature.DEVICE_STATE if device_state is not None else 0)
         )
+        self._device_state = device_state
+        self._dirty_log: DirtyLog | None = None
         self.acked_features = 0
         self.acked_protocol_features = 0
         self._owned = False
@@ -227,6 +255,10 @@ class VhostUserBackend:
             FrontendRequest.SET_CONFIG: self._set_config,
             FrontendRequest.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
             FrontendRequest.RESET_DEVICE: self._reset_device,
+            FrontendRequest.SET_LOG_BASE: self._set_log_base,
+            FrontendRequest.SET_LOG_FD: self._set_log_fd,
+            FrontendRequest.SET_DEVICE_STATE_FD: self._set_device_state_fd,
+            FrontendRequest.CHECK_DEVICE_STATE: self._check_device_state,
         }
 
     # ---- public surface -------------------------------------------------------------
@@ -328,6 +360,7 @@ class VhostUserBackend:
             raise RequestRefused(f"features {unknown:#x} were not offered")
         self.acked_features = features
         logger.debug("acked virtio features %#x", features)
+        self._apply_dirty_log()
         if not features & VirtioFeature.PROTOCOL_FEATURES:
             # Without protocol features there is no SET_VRING_ENABLE: rings are enabled now.
             for vring in self.vrings:
@@ -359,6 +392,7 @@ class VhostUserBackend:
         logger.info("front-end reset the device")
         self._reset_rings()
         self.acked_features = 0
+        self._apply_dirty_log()
         self._runner.reset_device()
 
     # ---- memory ---------------------------------------------------------------------
@@ -547,6 +581,63 @@ class VhostUserBackend:
         for vring in self.vrings:
             vring.close_fds()
             vring.clear()
+
+    # ---- migration: dirty logging and device state -----------------------------------
+
+    def _set_log_base(self, payload: bytes, fds: list[int]) -> bytes:
+        area = msg.decode_log(payload)
+        if not fds:
+            raise FrontendProtocolError("SET_LOG_BASE without a log fd (LOG_SHMFD is the only "
+                                        "logging this back-end offers)")
+        try:
+            dirty_log = DirtyLog.map(fds[0], area.mmap_size, area.mmap_offset)
+        except (OSError, ValueError, OverflowError) as err:
+            raise FrontendProtocolError(f"SET_LOG_BASE: cannot map {area.mmap_size:#x} bytes at "
+                                        f"offset {area.mmap_offset:#x}: {err}") from err
+        self._dirty_log = dirty_log
+        self._apply_dirty_log()
+        logger.info("dirty log of %d bytes installed", area.mmap_size)
+        # QEMU waits for a reply to SET_LOG_BASE with LOG_SHMFD and expects no payload.
+        return b""
+
+    def _set_log_fd(self, payload: bytes, fds: list[int]) -> None:
+        """The eventfd to signal when the log changes size; we never resize it, so the fd
+        is closed unused."""
+
+    def _apply_dirty_log(self) -> None:
+        """Hand the log to every ring while LOG_ALL is acked, take it back when it is not."""
+        active = self._dirty_log if self.acked_features & VirtioFeature.LOG_ALL else None
+        for vring in self.vrings:
+            if vring.dirty_log is not active:
+                vring.dirty_log = active
+        if active is None:
+            return
+        # Pages written before logging started are sent by the first pass anyway; the rings
+        # themselves are marked now so that QEMU re-sends their current contents.
+        for vring in self.vrings:
+            if vring.configured and vring.used_gpa is not None:
+                used_bytes = 4 + 8 * vring.size + 2
+                active.mark(vring.used_gpa, used_bytes)
+
+    def _set_device_state_fd(self, payload: bytes, fds: list[int]) -> bytes:
+        transfer = msg.decode_device_state_transfer(payload)
+        if self._device_state is None:
+            logger.error("SET_DEVICE_STATE_FD, but no migration support is loaded")
+            return msg.encode_u64(_DEVICE_STATE_NO_FD | _DEVICE_STATE_FAILED)
+        if transfer.phase != _PHASE_STOPPED or transfer.direction not in (0, 1):
+            logger.error("SET_DEVICE_STATE_FD: direction %d, phase %d not supported (only the "
+                         "stopped phase is)", transfer.direction, transfer.phase)
+            return msg.encode_u64(_DEVICE_STATE_NO_FD | _DEVICE_STATE_FAILED)
+        running = [vring.index for vring in self.vrings if vring.running]
+        if running:
+            logger.error("SET_DEVICE_STATE_FD while rings %s still run", running)
+            return msg.encode_u64(_DEVICE_STATE_NO_FD | _DEVICE_STATE_FAILED)
+        self._device_state.start(transfer.direction, fds.pop())
+        return msg.encode_u64(_DEVICE_STATE_NO_FD)
+
+    def _check_device_state(self, payload: bytes, fds: list[int]) -> bytes:
+        ok = self._device_state is not None and self._device_state.check()
+        return msg.encode_u64(0 if ok else 1)
 
     # ---- config space and back-end channel ---------------------------------------------
 

@@ -193,6 +193,27 @@ class InodeStore:
             self._inodes = {}
             self._by_key = {}
 
+    def snapshot(self) -> tuple[list[Inode], int]:
+        """Every inode and the next node id, consistent with each other (migration saves them)."""
+        with self._lock:
+            next_id = next(self._ids)
+            self._ids = itertools.count(next_id)
+            return list(self._inodes.values()), next_id
+
+    def adopt(self, nodeid: int, fd: int, st: Any, refcount: int, mnt_id: int = 0) -> Inode:
+        """Insert an inode under the node id a migration source gave it (takes ``fd``)."""
+        key = InodeKey(st.st_dev, st.st_ino, mnt_id)
+        inode = Inode(nodeid, fd, key, stat.S_IFMT(st.st_mode), refcount)
+        with self._lock:
+            self._inodes[nodeid] = inode
+            self._by_key.setdefault(key, nodeid)
+        return inode
+
+    def continue_ids_from(self, next_id: int) -> None:
+        """Never hand out a node id below ``next_id`` (the migration source's counter)."""
+        with self._lock:
+            self._ids = itertools.count(max(next_id, ROOT_ID + 1))
+
     def __len__(self) -> int:
         return len(self._inodes)
 

@@ -1,1 +1,2 @@
-"""Live migration strategies (``--migration-mode``), see issue 8."""
+"""Live migration (``--migration-mode``): the device-state format and the two strategies that
+locate inodes for the destination (entry points ``find-paths`` and ``file-handles``)."""

@@ -81,6 +81,22 @@ class HandleTable:
                 raise FuseError(errno.EBADF, f"no open handle {fh} for node {nodeid}")
             del self._handles[fh]
 
+    def snapshot(self) -> tuple[list[OpenHandle], int]:
+        """Every open handle and the next handle number (migration saves them)."""
+        with self._lock:
+            next_fh = next(self._ids)
+            self._ids = itertools.count(next_fh)
+            return list(self._handles.values()), next_fh
+
+    def adopt(self, fh: int, nodeid: int, fd: int) -> None:
+        """Insert a handle under the number a migration source gave it (takes ``fd``)."""
+        with self._lock:
+            self._handles[fh] = OpenHandle(fh, nodeid, fd)
+
+    def continue_ids_from(self, next_fh: int) -> None:
+        with self._lock:
+            self._ids = itertools.count(max(next_fh, 1))
+
     def clear(self) -> None:
         with self._lock:
             self._handles = {}

@@ -9,9 +9,11 @@ operation objects, which share it:
   STATFS, and the unconfigure hook that releases the state;
 - ``passthrough.dir_ops``: creating, removing, renaming, reading folders;
 - ``passthrough.file_ops``: open files;
-- ``passthrough.locks``: POSIX record locks and flock(2), held on the host.
+- ``passthrough.locks``: POSIX record locks and flock(2), held on the host;
 - ``passthrough.xattrs``: extended attributes, when ``--xattr`` (or an option implying it) is
-  on, and ``passthrough.capability_guard`` when ``--xattrmap`` renames ``security.capability``.
+  on, and ``passthrough.capability_guard`` when ``--xattrmap`` renames ``security.capability``;
+- ``passthrough.migration_ops``: saving and restoring that state (when a ``--migration-mode``
+  strategy is loaded).
 
 The mapping plugin (``--xattrmap``) configures itself first (``tryfirst``), so the names it maps
 are known here.
@@ -27,6 +29,7 @@ from virtiofsd_plugins.passthrough.dir_ops import DirOps
 from virtiofsd_plugins.passthrough.entry_ops import EntryOps
 from virtiofsd_plugins.passthrough.file_ops import FileOps
 from virtiofsd_plugins.passthrough.locks import LockOps
+from virtiofsd_plugins.passthrough.migration_ops import MigrationOps
 from virtiofsd_plugins.passthrough.state import PassthroughState
 from virtiofsd_plugins.passthrough.xattrs import SECURITY_CAPABILITY, CapabilityGuard, XattrOps
 
@@ -52,6 +55,9 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
         capability = _remapped_capability_name(state)
         if capability is not None:
             pm.register(CapabilityGuard(state, capability), name="passthrough.capability_guard")
+    strategy = pm.hook.virtiofsd_make_migration(config=config)
+    if strategy is not None:
+        pm.register(MigrationOps(state, strategy), name="passthrough.migration_ops")
 
 
 def _remapped_capability_name(state: PassthroughState) -> bytes | None:

@@ -46,8 +46,6 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
 @pytest.mark.parametrize("argv, option", [
     (["--modcaps=+sys_admin"], "--modcaps"),
     (["--uid-map", ":0:1000:1:"], "--uid-map"),
-    (["--migration-mode", "file-handles"], "--migration-mode"),
-    (["--migration-confirm-paths"], "--migration-confirm-paths"),
     (["--sandbox", "namespace"], "--sandbox=namespace"),
     (["--sandbox", "chroot"], "--sandbox=chroot"),
     (["--seccomp", "kill"], "--seccomp=kill"),
@@ -183,7 +181,8 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 def test_print_capabilities_is_vhost_user_json():
     result = run_cli("--print-capabilities")
     assert result.returncode == 0
-    assert json.loads(result.stdout) == {"type": "fs", "features": ["separate-options"]}
+    assert json.loads(result.stdout) == {"type": "fs",
+                                         "features": ["migrate-precopy", "separate-options"]}
 
 
 def test_version_and_help():
@@ -200,3 +199,21 @@ def test_refusal_exits_2_naming_the_option(tmp_path):
     assert result.returncode == 2
     assert "--tag must be 1 to 36 bytes long" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("option", ["--migration-verify-handles", "--migration-confirm-paths"])
+def test_path_checks_are_refused_with_file_handle_migration(base, option):
+    with pytest.raises(ConfigError, match=f"{option} only applies to --migration-mode=find-paths"):
+        config_from_args(build_parser().parse_args([*base, "--migration-mode", "file-handles",
+                                                    option]))
+
+
+def test_migration_options_reach_the_configuration(base):
+    config, _ = config_from_args(build_parser().parse_args(
+        [*base, "--migration-on-error", "guest-error", "--migration-verify-handles",
+         "--migration-confirm-paths"]))
+    assert (config.migration_mode, config.migration_on_error, config.migration_verify_handles,
+            config.migration_confirm_paths) == ("find-paths", "guest-error", True, True)
+    config, _ = config_from_args(build_parser().parse_args(
+        [*base, "--migration-mode", "file-handles"]))
+    assert (config.migration_mode, config.migration_on_error) == ("file-handles", "abort")

@@ -153,3 +153,64 @@ def test_parse_dirents64_records():
 def test_parse_dirents64_refuses_impossible_records(data):
     with pytest.raises(ValueError):
         list(parse_dirents64(data))
+
+
+def test_statx_matches_stat_and_reports_the_mount_id(tmp_path):
+    (tmp_path / "f").write_bytes(b"12345")
+    fd = os.open(tmp_path / "f", os.O_PATH)
+    try:
+        result = ffi.statx(fd, b"", ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW)
+        assert result.st == os.stat(fd)
+        assert result.st.st_size == 5 and result.st.st_mtime_ns == os.stat(fd).st_mtime_ns
+        _, mount_id = ffi.name_to_handle_at(fd, b"", ffi.AT_EMPTY_PATH)
+        assert result.mnt_id == mount_id > 0
+    finally:
+        os.close(fd)
+
+
+def test_a_file_handle_reopens_a_file_after_rename_and_unlink(tmp_path):
+    (tmp_path / "f").write_bytes(b"payload")
+    folder = os.open(tmp_path, os.O_PATH)
+    file = os.open(tmp_path / "f", os.O_PATH)
+    try:
+        handle, _ = ffi.name_to_handle_at(folder, b"f", 0)
+        assert handle == ffi.name_to_handle_at(file, b"", ffi.AT_EMPTY_PATH)[0]
+    finally:
+        os.close(folder)
+        os.close(file)
+    os.rename(tmp_path / "f", tmp_path / "g")
+    mount_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    keep = ffi.open_by_handle_at(mount_fd, handle, os.O_RDONLY)
+    try:
+        assert os.read(keep, 100) == b"payload"
+        os.unlink(tmp_path / "g")
+        with pytest.raises(OSError) as info:
+            # The inode is still open here, so the handle still opens it.
+            os.close(ffi.open_by_handle_at(mount_fd, handle, os.O_PATH))
+            os.close(keep)
+            keep = -1
+            ffi.open_by_handle_at(mount_fd, handle, os.O_PATH)
+        assert info.value.errno == errno.ESTALE
+    finally:
+        if keep >= 0:
+            os.close(keep)
+        os.close(mount_fd)
+
+
+def test_file_handle_errors_surface_as_oserror(tmp_path):
+    proc = os.open("/proc", os.O_PATH)
+    try:
+        with pytest.raises(OSError) as info:
+            ffi.name_to_handle_at(proc, b"", ffi.AT_EMPTY_PATH)
+        assert info.value.errno == errno.EOPNOTSUPP
+        assert "name_to_handle_at" in str(info.value)
+    finally:
+        os.close(proc)
+    path_fd = os.open(tmp_path, os.O_PATH)
+    try:
+        handle, _ = ffi.name_to_handle_at(path_fd, b"", ffi.AT_EMPTY_PATH)
+        with pytest.raises(OSError) as info:
+            ffi.open_by_handle_at(path_fd, handle, os.O_PATH)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(path_fd)

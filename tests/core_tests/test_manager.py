@@ -53,7 +53,7 @@ def test_configuration_selects_entry_points_by_name(tmp_path):
     config = Config(shared_dir=str(tmp_path), readonly=True, inode_file_handles="never")
     assert selected_entry_points(config) == [
         ("virtiofsd.fs", "passthrough"), ("virtiofsd.inode_store", "never"),
-        ("virtiofsd.policy", "readonly")]
+        ("virtiofsd.migration", "find-paths"), ("virtiofsd.policy", "readonly")]
 
 
 def test_loading_one_entry_point_registers_it_under_its_qualified_name():

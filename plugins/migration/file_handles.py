@@ -1,0 +1,13 @@
+"""Entry point ``file-handles`` (group ``virtiofsd.migration``): migrate inodes as file handles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtiofsd import hookimpl
+from virtiofsd_plugins.migration.strategies import FileHandles
+
+
+@hookimpl
+def virtiofsd_make_migration(config: Any) -> FileHandles:
+    return FileHandles(config)

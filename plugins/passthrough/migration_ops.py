@@ -1,0 +1,136 @@
+"""Saving and restoring the passthrough file system's state for live migration.
+
+The source (``virtiofsd_migration_save``) records the FUSE session, every inode the guest holds
+(node id, lookup count, type and where the destination finds it, from the ``--migration-mode``
+strategy) and every open handle (its host open flags and file position).  The destination
+(``virtiofsd_migration_load``) opens each inode again under the same node id, reopens each
+handle under the same number, and continues the id counters where the source left them, so
+the guest's node ids and handles stay valid.
+
+An inode the destination cannot open again is handled per ``--migration-on-error``: ``abort``
+fails the load (QEMU aborts the migration and the source keeps running); ``guest-error`` leaves
+it out, so every later use by the guest gets EBADF, and so do its open handles.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat
+from typing import Any
+
+from virtiofsd import hookimpl
+from virtiofsd.fuse.session import FuseSession
+from virtiofsd_plugins.migration import format as state_format
+from virtiofsd_plugins.migration.strategies import check_same_inode, open_location
+
+log = logging.getLogger(__name__)
+
+#: Flags that created or truncated the file at its first open; a reopen must not repeat them.
+_ONE_TIME_FLAGS = os.O_CREAT | os.O_EXCL | os.O_TRUNC
+
+
+class MigrationError(Exception):
+    """The destination cannot take over this state (``--migration-on-error=abort``)."""
+
+
+class MigrationOps:
+    def __init__(self, state: Any, strategy: Any) -> None:
+        self._state = state
+        self._strategy = strategy
+        self._abort_on_error = state.config.migration_on_error != "guest-error"
+
+    @hookimpl
+    def virtiofsd_migration_save(self, session: Any) -> bytes:
+        inodes, next_nodeid = self._state.inodes.snapshot()
+        handles, next_fh = self._state.handles.snapshot()
+        locations = self._strategy.locate_all(self._state, inodes)
+        saved = state_format.DeviceState(
+            state_format.SessionState(session.major, session.minor, session.flags,
+                                      session.max_write, session.max_readahead,
+                                      session.max_pages),
+            next_nodeid, next_fh)
+        invalid = 0
+        for inode in inodes:
+            location = locations[inode.nodeid]
+            invalid += location.kind is state_format.LocationKind.INVALID
+            verify = (None if location.kind is not state_format.LocationKind.PATH
+                      else self._strategy.verify_handle(inode))
+            saved.inodes.append(state_format.InodeState(inode.nodeid, inode.refcount,
+                                                        inode.file_type, location, verify))
+        for handle in handles:
+            flags = fcntl.fcntl(handle.fd, fcntl.F_GETFL)
+            offset = os.lseek(handle.fd, 0, os.SEEK_CUR)
+            saved.handles.append(state_format.HandleState(handle.fh, handle.nodeid, flags, offset))
+        log.info("migration: saved %d inodes (%d not locatable) and %d open handles (%s)",
+                 len(saved.inodes), invalid, len(saved.handles), self._strategy.name)
+        return state_format.encode(saved)
+
+    @hookimpl
+    def virtiofsd_migration_load(self, data: bytes) -> FuseSession:
+        loaded = state_format.decode(data)
+        state = self._state
+        state.reset()
+        try:
+            self._restore_inodes(loaded)
+            self._restore_handles(loaded)
+        except BaseException:
+            state.reset()
+            raise
+        state.inodes.continue_ids_from(loaded.next_nodeid)
+        state.handles.continue_ids_from(loaded.next_fh)
+        s = loaded.session
+        log.info("migration: restored %d inodes and %d open handles", len(state.inodes),
+                 len(state.handles))
+        return FuseSession(s.major, s.minor, s.flags, s.max_write, s.max_readahead, s.max_pages,
+                           initialized=s.major != 0)
+
+    def _failed(self, what: str, err: OSError) -> None:
+        if self._abort_on_error:
+            raise MigrationError(f"{what}: {err} (--migration-on-error=abort)") from err
+        log.warning("migration: %s: %s; the guest gets errors for it", what, err)
+
+    def _restore_inodes(self, loaded: state_format.DeviceState) -> None:
+        store = self._state.inodes
+        root_fd = store.root.fd
+        mount_fds: dict[bytes, int] = {}
+        try:
+            for saved in loaded.inodes:
+                if saved.location.kind is state_format.LocationKind.ROOT:
+                    store.root.refcount = saved.refcount
+                    continue
+                try:
+                    fd = open_location(root_fd, saved.location, mount_fds)
+                except OSError as err:
+                    self._failed(f"node {saved.nodeid} cannot be opened again", err)
+                    continue
+                try:
+                    check_same_inode(fd, saved.file_type, saved.verify)
+                    st = os.fstat(fd)
+                except OSError as err:
+                    os.close(fd)
+                    self._failed(f"node {saved.nodeid} ({saved.location.path!r})", err)
+                    continue
+                store.adopt(saved.nodeid, fd, st, saved.refcount)
+        finally:
+            for fd in mount_fds.values():
+                os.close(fd)
+
+    def _restore_handles(self, loaded: state_format.DeviceState) -> None:
+        state = self._state
+        for saved in loaded.handles:
+            if saved.nodeid not in state.inodes:
+                self._failed(f"handle {saved.fh}", OSError(f"its node {saved.nodeid} was not "
+                                                           "restored"))
+                continue
+            inode = state.inodes.get(saved.nodeid)
+            try:
+                fd = state.reopen(inode, (saved.flags & ~_ONE_TIME_FLAGS) | os.O_CLOEXEC)
+                if stat.S_ISREG(inode.file_type) and saved.offset:
+                    os.lseek(fd, saved.offset, os.SEEK_SET)
+            except OSError as err:
+                self._failed(f"handle {saved.fh} of node {saved.nodeid} cannot be reopened", err)
+                continue
+            state.handles.adopt(saved.fh, saved.nodeid, fd)
+

@@ -1,0 +1,78 @@
+"""The device-state stream: round trips, and clear refusals of what is not ours or not whole."""
+
+from __future__ import annotations
+
+import stat
+import zlib
+
+import pytest
+from virtiofsd_plugins.migration import format as fmt
+
+
+def sample() -> fmt.DeviceState:
+    state = fmt.DeviceState(fmt.SessionState(7, 38, 0x48449829 | (1 << 40), 1 << 20, 131072, 256),
+                            next_nodeid=42, next_fh=17)
+    state.inodes += [
+        fmt.InodeState(1, 5, stat.S_IFDIR, fmt.Location(fmt.LocationKind.ROOT)),
+        fmt.InodeState(2, 3, stat.S_IFREG, fmt.Location(fmt.LocationKind.PATH, path=b"d/\xffile"),
+                       verify=(1, b"\x01\x02\x03\x04\x05\x06\x07\x08")),
+        fmt.InodeState(3, 1, stat.S_IFDIR, fmt.Location(fmt.LocationKind.HANDLE, path=b"sub",
+                                                        handle_type=0x81, handle=b"h" * 20)),
+        fmt.InodeState(4, 2, stat.S_IFREG,
+                       fmt.Location(fmt.LocationKind.INVALID, reason="unlinked: gone ✗")),
+    ]
+    state.handles += [fmt.HandleState(3, 2, 0o2, 4096), fmt.HandleState(16, 3, 0o200000, 0)]
+    return state
+
+
+def test_a_state_survives_a_round_trip():
+    assert fmt.decode(fmt.encode(sample())) == sample()
+
+
+def test_an_empty_state_survives_a_round_trip():
+    empty = fmt.DeviceState(fmt.SessionState(0, 0, 0, 0, 0, 0), 2, 1)
+    assert fmt.decode(fmt.encode(empty)) == empty
+
+
+@pytest.mark.parametrize("cut", [0, 3, 8, 15, 16, 30, -5, -1])
+def test_a_truncated_stream_is_refused(cut):
+    data = fmt.encode(sample())
+    with pytest.raises(fmt.StateFormatError, match="truncated|no header"):
+        fmt.decode(data[:cut])
+
+
+def test_a_foreign_stream_is_refused_by_its_magic():
+    # What a Rust virtiofsd stream starts with: a postcard enum tag, not our magic.
+    with pytest.raises(fmt.StateFormatError, match="not a pyvirtiofsd device state"):
+        fmt.decode(b"\x01\x05" + bytes(64))
+
+
+def test_a_newer_version_is_refused():
+    data = bytearray(fmt.encode(sample()))
+    data[8] = 2
+    with pytest.raises(fmt.StateFormatError, match="version 2 is not supported"):
+        fmt.decode(bytes(data))
+
+
+def test_a_corrupted_body_fails_the_checksum():
+    data = bytearray(fmt.encode(sample()))
+    data[40] ^= 0xFF
+    with pytest.raises(fmt.StateFormatError, match="checksum"):
+        fmt.decode(bytes(data))
+
+
+def test_trailing_bytes_are_refused():
+    with pytest.raises(fmt.StateFormatError, match="after its end"):
+        fmt.decode(fmt.encode(sample()) + b"\0")
+
+
+def test_an_unknown_location_kind_is_refused():
+    state = sample()
+    data = bytearray(fmt.encode(state))
+    # The kind byte of the first inode: header, session, two counters, count, then u64 u64 u32.
+    position = 16 + 28 + 8 + 8 + 4 + 8 + 8 + 4
+    data[position] = 9
+    body = bytes(data[16:-4])
+    data[-4:] = zlib.crc32(body).to_bytes(4, "little")
+    with pytest.raises(fmt.StateFormatError, match="unknown location kind 9"):
+        fmt.decode(bytes(data))
