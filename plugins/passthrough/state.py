@@ -8,9 +8,10 @@ Two kernel facts shape these primitives:
   its magic link ``/proc/self/fd/N``, which yields a real open of the same inode with new flags.
   That reopen follows the inode whatever it is, so it is allowed for regular files and folders
   only (:attr:`Inode.reopenable`).
-- ``/proc/self/fd`` is opened once, as a descriptor, and every magic link is reached relative to
-  it (``openat(proc_self_fd, "N")``): once the namespace sandbox has replaced ``/proc`` by a bind
-  mount of the fd folder, ``/proc/self/fd/N`` as a path no longer exists.
+- ``/proc/self/fd`` is held as a descriptor, and every magic link is reached relative to it
+  (``openat(proc_self_fd, "N")``): inside the namespace sandbox ``/proc/self/fd/N`` as a path no
+  longer exists, so the descriptor comes from the sandbox
+  (:func:`virtiofsd.sandbox.open_proc_self_fd`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from virtiofsd.config import CacheMode
 from virtiofsd.errors import ConfigError, FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply, OpenReply
+from virtiofsd.sandbox import open_proc_self_fd
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
 from virtiofsd_plugins.passthrough.handles import HandleTable
 
@@ -42,36 +44,8 @@ _CACHE_OPEN_FLAGS = {
     CacheMode.AUTO: (0, 0),
 }
 
-_PROC_FD_CANDIDATES = ("/proc/self/fd", "/proc")
 _SUBMOUNTS = int(abi.InitFlag.SUBMOUNTS)
 _WRITEBACK_CACHE = int(abi.InitFlag.WRITEBACK_CACHE)
-
-
-def open_proc_self_fd() -> int:
-    """An O_PATH descriptor of this process's fd folder.
-
-    ``/proc/self/fd`` normally; ``/proc`` inside the namespace sandbox, where the fd folder is
-    bind-mounted over ``/proc``.  A candidate is accepted only when its entry named after its own
-    descriptor leads back to itself, which is true of the fd folder and false of a real ``/proc``
-    (where a number names a process).
-
-    :raises ConfigError: no candidate is the fd folder.
-    """
-    for path in _PROC_FD_CANDIDATES:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            own = os.stat(fd)
-            through_link = os.stat(str(fd), dir_fd=fd)
-        except OSError:
-            os.close(fd)
-            continue
-        if (own.st_dev, own.st_ino) == (through_link.st_dev, through_link.st_ino):
-            return fd
-        os.close(fd)
-    raise ConfigError("cannot find this process's fd folder (/proc/self/fd): is /proc mounted?")
 
 
 class PassthroughState:
@@ -98,7 +72,12 @@ class PassthroughState:
 
     @classmethod
     def create(cls, config: Any, inodes: Any) -> PassthroughState:
-        return cls(config, inodes, open_proc_self_fd())
+        try:
+            proc_self_fd = open_proc_self_fd()
+        except OSError as err:
+            raise ConfigError(f"cannot open this process's fd folder (/proc/self/fd): {err}; "
+                              "is /proc mounted?") from err
+        return cls(config, inodes, proc_self_fd)
 
     # --- Inodes --------------------------------------------------------------------------------
 
