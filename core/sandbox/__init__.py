@@ -8,7 +8,8 @@ The service applies the steps in this order (see :mod:`virtiofsd.service`):
    the root; ``none`` changes nothing.
 2. The plugins configure themselves inside it (they open ``/``, the shared folder).
 3. :func:`~.capabilities.drop_capabilities` keeps only the capabilities a file server needs
-   (``--modcaps`` adjusts them), in the effective, permitted, inheritable and bounding sets.
+   (``--modcaps`` adjusts them) in the effective and permitted sets, and empties the
+   inheritable and bounding sets.
 4. :func:`~.seccomp.apply_seccomp` (``--seccomp``) loads the system-call allow-list for every
    thread, before the worker threads exist.
 

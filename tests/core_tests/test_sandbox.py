@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.plugins import install_plugin_package
 from virtiofsd.config import Config
 from virtiofsd.errors import ConfigError
 from virtiofsd.fuse.abi import ROOT_ID
@@ -231,18 +232,9 @@ SYSCALL_PLUGIN = textwrap.dedent('''
 def syscall_plugin(tmp_path: Path, monkeypatch) -> None:
     """``--plugin getpriority`` calls getpriority on STATFS; ``--plugin allow-getpriority``
     adds getpriority to the allow-list through the hook."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "getpriority_probe.py").write_text(SYSCALL_PLUGIN)
-    info = site / "getpriority_probe-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: getpriority-probe\n"
-                                   "Version: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[virtiofsd.plugins]\ngetpriority = getpriority_probe\n"
-        "allow-getpriority = getpriority_probe:allow\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    install_plugin_package(tmp_path / "site", "getpriority_probe", SYSCALL_PLUGIN,
+                           {"getpriority": "getpriority_probe",
+                            "allow-getpriority": "getpriority_probe:allow"}, monkeypatch)
 
 
 @pytest.mark.parametrize("sandbox", ["none", "namespace"])
