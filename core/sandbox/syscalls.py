@@ -52,8 +52,12 @@ ANTICIPATED = frozenset({
     # Threads and the interpreter (futexes, signals, stacks, clocks).
     "clone", "clone3", "futex", "set_robust_list", "rseq", "madvise", "mprotect", "brk",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "tgkill", "gettid",
-    "getpid", "exit", "exit_group", "clock_gettime", "getrandom", "sched_yield",
-    "sched_getaffinity", "restart_syscall", "mremap",
+    "getpid", "exit", "exit_group", "getrandom", "sched_yield", "sched_getaffinity",
+    "restart_syscall", "mremap",
+    # Clocks: the vDSO answers them, unless the clock source has no vDSO support (some VMs).
+    "clock_gettime", "gettimeofday", "time", "clock_nanosleep", "nanosleep",
+    # An epoll-based event loop for the rings (the Rust daemon's choice).
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
 })
 
 #: Added with --syslog: records go to the syslog socket opened before the filter.
