@@ -27,10 +27,12 @@ descriptors the daemon still needs are opened before ``/proc`` disappears and ha
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import logging
 import os
 import select
 import signal
+import sys
 
 import prctl
 
@@ -94,6 +96,7 @@ def _enter_chroot(shared_dir: str) -> SandboxResult:
     procfs.hold(proc_self_fd, mountinfo)
     os.chroot(shared_dir)
     os.chdir("/")
+    forbid_imports_from_files()
     log.info("sandbox: chroot into %s", shared_dir)
     return SandboxResult(root_dir="/", sees_host_paths=False)
 
@@ -116,6 +119,8 @@ def _enter_namespace(shared_dir: str) -> SandboxResult:
     child = os.fork()
     if child:
         os.close(parent)
+        # The child's pivot_root moves this process's root too (one mount namespace).
+        forbid_imports_from_files()
         return SandboxResult(root_dir="/", child_pid=child)
     prctl.set_pdeathsig(signal.SIGTERM)
     parent_gone = select.select([parent], [], [], 0)[0]
@@ -129,6 +134,7 @@ def _enter_namespace(shared_dir: str) -> SandboxResult:
         # name; the parent removes the socket and reports the status.
         log.error("--sandbox namespace: cannot make %s the root: %s", shared_dir, err)
         os._exit(1)
+    forbid_imports_from_files()
     log.info("sandbox: namespace, %s is now /", shared_dir)
     return SandboxResult(root_dir="/", sees_host_paths=False)
 
@@ -168,6 +174,28 @@ def _pivot_into(shared_dir: str) -> None:
     finally:
         os.close(proc_self)
     procfs.hold(proc_self_fd, mountinfo)
+
+
+class _NoImportFromFiles:
+    """A meta-path finder, first in line, that refuses every module not built into the
+    interpreter: inside the sandbox the interpreter's paths (``sys.path``, packages'
+    ``__path__``) lead into the shared folder, where the guest could plant a module that a
+    late import would run as root."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        for importer in (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter):
+            if importer.find_spec(name) is not None:
+                return None
+        raise ImportError(f"module {name} was not imported before the sandbox: inside it, its "
+                          "path would lead into the shared folder (import it at module level)",
+                          name=name)
+
+
+def forbid_imports_from_files() -> None:
+    """From now on, only modules already imported (or built in) can be imported."""
+    sys.meta_path.insert(0, _NoImportFromFiles())
+    sys.path_importer_cache.clear()
 
 
 def wait_for_child(child: int) -> int:

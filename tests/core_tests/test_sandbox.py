@@ -8,6 +8,7 @@ the allow-list.  Capability and namespace checks run against the Rust daemon too
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -274,3 +275,35 @@ def test_seccomp_none_loads_no_filter(started, syscall_plugin, share):
     with started("ours", share, "--plugin", "getpriority", "--seccomp", "none") as session:
         assert status(session.process.pid)["Seccomp"] == "0"
         session.client.statfs(ROOT_ID)
+
+
+# --- no import from the shared folder -----------------------------------------------------------
+
+LATE_IMPORT_PLUGIN = textwrap.dedent('''
+    """Test plugin: STATFS imports a module that was not imported before the sandbox."""
+    from virtiofsd import hookimpl
+
+
+    @hookimpl(tryfirst=True)
+    def virtiofsd_fuse_statfs(req, nodeid):
+        import planted_by_guest  # noqa: F401
+''')
+
+
+@pytest.mark.parametrize("sandbox", ["namespace", "chroot"])
+def test_a_late_import_cannot_run_a_module_the_guest_planted(started, tmp_path, share, sandbox,
+                                                             monkeypatch):
+    site = install_plugin_package(tmp_path / "site", "late_import", LATE_IMPORT_PLUGIN,
+                                  {"late-import": "late_import"}, monkeypatch)
+    # Inside the sandbox the plugin's folder on PYTHONPATH resolves here, in the share.
+    planted = share / str(site).lstrip("/")
+    planted.mkdir(parents=True)
+    (planted / "planted_by_guest.py").write_text(
+        "open('/executed-as-root', 'w').close()\n")
+    with started("ours", share, "--plugin", "late-import", "--sandbox", sandbox) as session:
+        with pytest.raises(OSError) as refused:
+            session.client.statfs(ROOT_ID)
+        assert refused.value.errno == errno.EIO
+        assert "was not imported before the sandbox" in session.log_text()
+        assert session.client.lookup(ROOT_ID, "hello.txt").attr.size == 6
+    assert not (share / "executed-as-root").exists()
