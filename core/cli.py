@@ -4,9 +4,9 @@ Parsing turns argv into a frozen :class:`virtiofsd.config.Config`.  Three rules 
 
 - Same words as the Rust daemon, plus the legacy ``-o`` forms of the C daemon's manual.
 - An option whose feature has not been built yet is refused when given explicitly, naming the
-  option; it is never accepted and ignored.  A *default* that belongs to a later feature (the
-  namespace sandbox, seccomp, file handles) falls back to the nearest implemented behaviour with
-  one warning line at start, so that ``virtiofsd --socket-path S --shared-dir D`` works.
+  option; it is never accepted and ignored.  A *default* that belongs to a later feature (file
+  handles) falls back to the nearest implemented behaviour with one warning line at start, so
+  that ``virtiofsd --socket-path S --shared-dir D`` works.
 - Plugin slots are chosen by entry-point name; a value whose plugin is not installed is refused
   with the list of installed ones.
 """
@@ -18,13 +18,14 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from virtiofsd import __version__
 from virtiofsd.config import CacheMode, Config, Sandbox, Seccomp
 from virtiofsd.errors import ConfigError
 from virtiofsd.idmap import parse_translation
 from virtiofsd.manager import GROUP_INODE_STORE, entry_point_names
+from virtiofsd.sandbox.capabilities import parse_modcaps
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,9 @@ INODE_STORE_WORDS = ("never", "prefer", "mandatory", "fallback")
 
 #: Options of later features, refused when given.  Value: the feature that brings them.
 NOT_YET = {
-    "modcaps": "capability management",
     "uid_map": "user-namespace id maps",
     "gid_map": "user-namespace id maps",
 }
-
-#: Sandbox and seccomp modes that are implemented; the rest are refused when asked for.
-IMPLEMENTED_SANDBOXES = {Sandbox.NONE}
-IMPLEMENTED_SECCOMP = {Seccomp.NONE}
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")
 
@@ -239,21 +235,6 @@ def _resolve_inode_store(args: argparse.Namespace, fallbacks: list[str]) -> str:
     return name
 
 
-def _resolve_mode(value: str | None, default: Any, implemented: set, option: str,
-                  fallback: Any, fallbacks: list[str], what: str) -> Any:
-    if value is None:
-        if default in implemented:
-            return default
-        fallbacks.append(f"{what} (--{option}={default.value}): using --{option}="
-                         f"{fallback.value}")
-        return fallback
-    mode = type(default)(value)
-    if mode not in implemented:
-        raise ConfigError(f"--{option}={value} is not implemented yet; refusing to start "
-                          "rather than run without it")
-    return mode
-
-
 def _xattr_options(args: argparse.Namespace) -> dict[str, Any]:
     """``--posix-acl``, ``--security-label`` and ``--xattrmap`` each imply ``--xattr``, as in the
     Rust daemon (whatever the order, and even after ``-o no_xattr``)."""
@@ -296,10 +277,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     shared_dir = os.path.abspath(args.shared_dir)
     if not os.path.isdir(shared_dir):
         raise ConfigError(f"--shared-dir {args.shared_dir}: not an existing directory")
-    sandbox = _resolve_mode(args.sandbox, Sandbox.NAMESPACE, IMPLEMENTED_SANDBOXES, "sandbox",
-                            Sandbox.NONE, fallbacks, "the namespace sandbox")
-    seccomp = _resolve_mode(args.seccomp, Seccomp.KILL, IMPLEMENTED_SECCOMP, "seccomp",
-                            Seccomp.NONE, fallbacks, "the seccomp filter")
+    sandbox = Sandbox(args.sandbox or Sandbox.NAMESPACE.value)
+    seccomp = Seccomp(args.seccomp or Seccomp.KILL.value)
+    parse_modcaps(args.modcaps)
     inode_store = _resolve_inode_store(args, fallbacks)
     parse_translation(args.translate_uid or (), "uid")
     parse_translation(args.translate_gid or (), "gid")
@@ -335,6 +315,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         migration_confirm_paths=bool(args.migration_confirm_paths),
         sandbox=sandbox,
         seccomp=seccomp,
+        modcaps=args.modcaps,
         rlimit_nofile=args.rlimit_nofile,
         log_level=log_level,
         syslog=args.syslog,

@@ -5,15 +5,21 @@
 2. Take the ``<socket>.pid`` lock; create the listening socket (umask 077, or 007 with
    ``--socket-group``, then chown to that group), or adopt ``--fd``.
 3. Raise RLIMIT_NOFILE; drop supplementary groups (CVE-2022-0358: a guest must never create files
-   with a group the daemon merely happened to be in).
-4. Let every plugin configure itself (the file-system plugin sets the umask it needs: the
-   passthrough sets 0, since the guest already applied its own).
-5. Accept exactly one front-end connection and serve it; when the front-end goes away, stop and
-   exit 0, as the Rust daemon does.
+   with a group the daemon merely happened to be in).  Both need privileges dropped later.
+4. Enter the sandbox (``--sandbox``).  In namespace mode the process forks: the parent drops
+   every capability, waits for the child and exits with its status, then removes the socket and
+   the pid file; the child goes on with the shared folder as ``/``.
+5. Let every plugin configure itself inside the sandbox, on the shared folder as it now sees it
+   (the file-system plugin opens it and sets the umask it needs).
+6. Drop the capabilities the file server does not need (``--modcaps``), then load the seccomp
+   filter (``--seccomp``): both before any thread exists.
+7. Accept exactly one front-end connection, inside the sandbox, and serve it; when the front-end
+   goes away, stop and exit 0, as the Rust daemon does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import logging
 import os
@@ -30,6 +36,9 @@ from virtiofsd.io.pidfile import PidFile
 from virtiofsd.io.unix_socket import accept_one, adopt_listener, listen_at
 from virtiofsd.limits import apply_rlimit_nofile
 from virtiofsd.manager import make_plugin_manager
+from virtiofsd.sandbox.capabilities import drop_capabilities
+from virtiofsd.sandbox.isolation import enter_sandbox, wait_for_child
+from virtiofsd.sandbox.seccomp import apply_seccomp
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,43 @@ def open_listener(config: Config) -> tuple[socket.socket, PidFile | None]:
     return listener, pidfile
 
 
+class SocketFiles:
+    """The socket and its pid file, removed at exit through a descriptor of their folder taken
+    before the sandbox.
+
+    After the namespace sandbox's ``pivot_root`` the socket's path names a file in the shared
+    folder, in the child and in the waiting parent alike (they share the mount namespace), and
+    in a chroot too: removing by path could delete a guest's file.  A sandboxed child holds no
+    descriptor of a host folder at all (:meth:`forget`), so only the process that still has
+    one (no sandbox, or the namespace parent) removes the files.
+    """
+
+    def __init__(self, socket_path: str, pidfile: PidFile) -> None:
+        folder = os.path.dirname(socket_path) or "."
+        self._folder: int | None = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._names = (os.path.basename(socket_path), os.path.basename(pidfile.path))
+        self._pidfile = pidfile
+
+    def forget(self) -> None:
+        """Close the folder's descriptor; the files stay (the lock stays held until exit)."""
+        if self._folder is not None:
+            os.close(self._folder)
+            self._folder = None
+
+    def remove(self) -> None:
+        """Remove both files if this process still may, and give up the lock."""
+        if self._folder is not None:
+            for name in self._names:
+                try:
+                    os.unlink(name, dir_fd=self._folder)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    log.warning("cannot remove %s: %s", name, err)
+            self.forget()
+        self._pidfile.close()
+
+
 def drop_supplementary_groups() -> None:
     """Forget every supplementary group when we may (root); CVE-2022-0358."""
     if os.geteuid() != 0:
@@ -85,12 +131,25 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGHUP, _exit_on_signal)
     pm = make_plugin_manager(config)
     listener, pidfile = open_listener(config)
+    files = None
     try:
+        if pidfile is not None:
+            assert config.socket_path is not None
+            files = SocketFiles(config.socket_path, pidfile)
         apply_rlimit_nofile(config.rlimit_nofile)
         drop_supplementary_groups()
-        pm.hook.virtiofsd_configure(config=config, pm=pm)
+        sandbox = enter_sandbox(config.sandbox, config.shared_dir)
+        if files is not None and not sandbox.sees_host_paths:
+            files.forget()
+        if sandbox.child_pid is not None:
+            listener.close()
+            return wait_for_child(sandbox.child_pid)
+        inside = dataclasses.replace(config, shared_dir=sandbox.root_dir)
+        pm.hook.virtiofsd_configure(config=inside, pm=pm)
         try:
-            router = FuseRouter(pm, config)
+            drop_capabilities(inside, pm)
+            apply_seccomp(inside, pm)
+            router = FuseRouter(pm, inside)
             where = config.socket_path or f"fd {config.fd}"
             connection = accept_one(listener, f"vhost-user socket {where}")
             listener.close()
@@ -103,12 +162,12 @@ def run(config: Config) -> int:
             if not clean:
                 return 1
         finally:
-            pm.hook.virtiofsd_unconfigure(config=config)
+            pm.hook.virtiofsd_unconfigure(config=inside)
     finally:
         listener.close()
-        if config.socket_path is not None:
-            _unlink_quietly(config.socket_path)
-        if pidfile is not None:
+        if files is not None:
+            files.remove()
+        elif pidfile is not None:
             pidfile.release()
     return 0
 
@@ -131,9 +190,3 @@ def _device_state_transfer(pm: Any, router: FuseRouter) -> DeviceStateTransfer:
 
     return DeviceStateTransfer(save, load)
 
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

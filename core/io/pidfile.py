@@ -37,5 +37,11 @@ class PidFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        os.close(self._fd)
-        self._fd = None
+        self.close()
+
+    def close(self) -> None:
+        """Unlock without removing the file (whoever removes it does so by other means, e.g.
+        through a descriptor of its folder); idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -183,8 +183,9 @@ def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
 
 
 def unshare(flags: int) -> None:
-    """unshare(2) for the calling thread (``os.unshare`` needs Python 3.12); with ``CLONE_FS``
-    the thread gets its own umask, working directory and root."""
+    """unshare(2) (``os.unshare`` needs Python 3.12): with ``CLONE_FS`` the calling thread gets
+    its own umask, working directory and root; with ``CLONE_NEW*`` flags the process enters new
+    namespaces (the sandbox)."""
     if _libc.unshare(flags) != 0:
         _raise("unshare", flags)
 
@@ -287,3 +288,64 @@ def statx(dirfd: int, path: bytes, flags: int,
     ))
     mnt_id = buffer.stx_mnt_id if buffer.stx_mask & STATX_MNT_ID else 0
     return StatxResult(st, mnt_id)
+
+
+# --- Sandbox: mount, umount2, pivot_root (unshare is above) ----------------------------------
+# The namespace sandbox needs them and ``os`` has none (Python 3.11).  pivot_root has no glibc
+# wrapper before 2.36, so it goes through syscall() with the per-architecture number.
+
+ffi.cdef("""
+    int mount(const char *source, const char *target, const char *filesystemtype,
+              unsigned long mountflags, const void *data);
+    int umount2(const char *target, int flags);
+""")
+
+# <sys/mount.h>
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19
+MS_RELATIME = 1 << 21
+MNT_DETACH = 0x2
+# <sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+#: pivot_root(2) per ``platform.machine()``.
+_PIVOT_ROOT_SYSCALLS = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
+
+
+def _cstring(value: str | bytes | None) -> object:
+    if value is None:
+        return ffi.NULL
+    return value.encode() if isinstance(value, str) else value
+
+
+def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes | None,
+          flags: int, data: str | bytes | None = None) -> None:
+    """mount(2); ``None`` passes NULL (a propagation change or a bind mount has no type)."""
+    if _libc.mount(_cstring(source), _cstring(target), _cstring(fstype), flags,
+                   _cstring(data)) != 0:
+        _raise("mount", source, target, fstype, hex(flags))
+
+
+def umount2(target: str | bytes, flags: int) -> None:
+    """umount2(2), e.g. with ``MNT_DETACH`` to detach the old root after pivot_root."""
+    if _libc.umount2(_cstring(target), flags) != 0:
+        _raise("umount2", target, flags)
+
+
+def pivot_root(new_root: str | bytes, put_old: str | bytes) -> None:
+    """pivot_root(2), as a raw system call."""
+    number = _PIVOT_ROOT_SYSCALLS.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: no syscall number known for {platform.machine()}")
+    # Variadic arguments must be cdata: pass the strings as char pointers.
+    new_root_c = ffi.new("char[]", _cstring(new_root))
+    put_old_c = ffi.new("char[]", _cstring(put_old))
+    if _libc.syscall(number, ffi.cast("char *", new_root_c), ffi.cast("char *", put_old_c)) != 0:
+        _raise("pivot_root", new_root, put_old)
+

@@ -11,3 +11,10 @@ from virtiofsd_plugins.migration.strategies import FileHandles
 @hookimpl
 def virtiofsd_make_migration(config: Any) -> FileHandles:
     return FileHandles(config)
+
+
+@hookimpl
+def virtiofsd_sandbox_capabilities(config: Any) -> list[str]:
+    """Opening a file handle (on the destination) needs CAP_DAC_READ_SEARCH, whatever the
+    inode store: keep it."""
+    return ["dac_read_search"]

@@ -8,9 +8,10 @@ Two kernel facts shape these primitives:
   its magic link ``/proc/self/fd/N``, which yields a real open of the same inode with new flags.
   That reopen follows the inode whatever it is, so it is allowed for regular files and folders
   only (:attr:`Inode.reopenable`).
-- ``/proc/self/fd`` is opened once, as a descriptor, and every magic link is reached relative to
-  it (``openat(proc_self_fd, "N")``): once the namespace sandbox has replaced ``/proc`` by a bind
-  mount of the fd folder, ``/proc/self/fd/N`` as a path no longer exists.
+- ``/proc/self/fd`` is held as a descriptor, and every magic link is reached relative to it
+  (``openat(proc_self_fd, "N")``): inside the namespace sandbox ``/proc/self/fd/N`` as a path no
+  longer exists, so the descriptor comes from the sandbox
+  (:func:`virtiofsd.sandbox.open_proc_self_fd`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from virtiofsd.config import CacheMode
 from virtiofsd.errors import ConfigError, FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply, OpenReply
+from virtiofsd.sandbox import open_proc_self_fd
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
 from virtiofsd_plugins.passthrough.handles import HandleTable
 from virtiofsd_plugins.passthrough.ids import IdMapper
@@ -44,36 +46,8 @@ _CACHE_OPEN_FLAGS = {
     CacheMode.AUTO: (0, 0),
 }
 
-_PROC_FD_CANDIDATES = ("/proc/self/fd", "/proc")
 _SUBMOUNTS = int(abi.InitFlag.SUBMOUNTS)
 _WRITEBACK_CACHE = int(abi.InitFlag.WRITEBACK_CACHE)
-
-
-def open_proc_self_fd() -> tuple[int, str]:
-    """An O_PATH descriptor of this process's fd folder, and the path it was opened by.
-
-    ``/proc/self/fd`` normally; ``/proc`` inside the namespace sandbox, where the fd folder is
-    bind-mounted over ``/proc``.  A candidate is accepted only when its entry named after its own
-    descriptor leads back to itself, which is true of the fd folder and false of a real ``/proc``
-    (where a number names a process).
-
-    :raises ConfigError: no candidate is the fd folder.
-    """
-    for path in _PROC_FD_CANDIDATES:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            own = os.stat(fd)
-            through_link = os.stat(str(fd), dir_fd=fd)
-        except OSError:
-            os.close(fd)
-            continue
-        if (own.st_dev, own.st_ino) == (through_link.st_dev, through_link.st_ino):
-            return fd, path
-        os.close(fd)
-    raise ConfigError("cannot find this process's fd folder (/proc/self/fd): is /proc mounted?")
 
 
 def _unmapped(req: Any, name: bytes) -> None:
@@ -81,21 +55,31 @@ def _unmapped(req: Any, name: bytes) -> None:
     return None
 
 
+def _open_cwd() -> int | None:
+    """A descriptor of the working folder, to return to on close; ``None`` when it cannot be
+    opened (a sandboxed process may have no reachable working folder)."""
+    try:
+        return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 class PassthroughState:
     """The state of one passthrough file system, shared by its operation objects."""
 
     def __init__(self, config: Any, inodes: Any, proc_self_fd: int,
-                 proc_self_fd_path: str = "/proc/self/fd",
                  xattr_to_host: Callable[..., Any] | None = None) -> None:
         """Take ownership of ``inodes`` (an inode store) and ``proc_self_fd``, the descriptor of
-        the fd folder found at ``proc_self_fd_path``.  ``xattr_to_host`` is the caller of the
-        ``virtiofsd_xattr_to_host`` hook (``None``: names are never mapped)."""
+        the fd folder, which becomes the process's working folder (see :meth:`magic_link_path`).
+        ``xattr_to_host`` is the caller of the ``virtiofsd_xattr_to_host`` hook (``None``: names
+        are never mapped)."""
         self.config = config
         self.inodes = inodes
         self.handles = HandleTable()
         self.ids = IdMapper.from_config(config)
         self.proc_self_fd = proc_self_fd
-        self._proc_self_fd_path = proc_self_fd_path
+        self._saved_cwd = _open_cwd()
+        os.fchdir(proc_self_fd)
         self._xattr_to_host = xattr_to_host or _unmapped
         self.timeout = config.timeout
         self.file_open_flags, self.dir_open_flags = _CACHE_OPEN_FLAGS[CacheMode(config.cache)]
@@ -113,8 +97,12 @@ class PassthroughState:
     @classmethod
     def create(cls, config: Any, inodes: Any,
                xattr_to_host: Callable[..., Any] | None = None) -> PassthroughState:
-        fd, path = open_proc_self_fd()
-        return cls(config, inodes, fd, path, xattr_to_host)
+        try:
+            proc_self_fd = open_proc_self_fd()
+        except OSError as err:
+            raise ConfigError(f"cannot open this process's fd folder (/proc/self/fd): {err}; "
+                              "is /proc mounted?") from err
+        return cls(config, inodes, proc_self_fd, xattr_to_host)
 
     # --- Inodes --------------------------------------------------------------------------------
 
@@ -151,12 +139,16 @@ class PassthroughState:
         return os.open(str(inode.fd), flags, dir_fd=self.proc_self_fd)
 
     def magic_link_path(self, fd: int) -> str:
-        """The absolute path of the magic link of descriptor ``fd`` (an inode's O_PATH one), for
-        the system calls that take a path but no directory descriptor (``getxattr(2)`` and its
-        kin: their ``f*`` forms refuse O_PATH descriptors).  The only place that builds such a
-        path: it follows wherever the fd folder was found (``/proc`` inside the namespace
-        sandbox)."""
-        return f"{self._proc_self_fd_path}/{fd}"
+        """A path to the magic link of descriptor ``fd`` (an inode's O_PATH one), for the system
+        calls that take a path but no directory descriptor (``getxattr(2)`` and its kin: their
+        ``f*`` forms refuse O_PATH descriptors).  The only place that builds such a path.
+
+        It is relative to the working folder, which is the fd folder (set in ``__init__``, as
+        the Rust daemon does with ``fchdir``): no absolute path to that folder exists in every
+        sandbox (``/proc`` inside the namespace one, none at all inside chroot).  Threads that
+        took their own file-system context (``unshare(CLONE_FS)``, for a per-thread umask)
+        copied that working folder with it."""
+        return str(fd)
 
     def xattr_name_to_host(self, req: Any, name: bytes) -> bytes:
         """The host name of the guest's xattr ``name`` (``--xattrmap``, through the mapping
@@ -204,6 +196,10 @@ class PassthroughState:
             return
         self.handles.clear()
         self.inodes.close()
+        if self._saved_cwd is not None:
+            os.fchdir(self._saved_cwd)
+            os.close(self._saved_cwd)
+            self._saved_cwd = None
         os.close(self.proc_self_fd)
         self.proc_self_fd = -1
         os.umask(self._saved_umask)

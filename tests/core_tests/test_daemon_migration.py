@@ -118,7 +118,7 @@ def read_f_after_migration(client: FuseClient, destination, held: dict[str, int]
 @pytest.mark.parametrize("mode", ["find-paths", "file-handles"])
 def test_held_inodes_and_handles_carry_on_at_the_destination(ours, share, mode):
     with ours(share, "--migration-mode", mode) as source, \
-            ours(share, "--migration-on-error", "guest-error") as destination:
+            ours(share, "--migration-mode", mode, "--migration-on-error", "guest-error") as destination:
         client = source.connect()
         held = hold_files(client)
         (share / "gone").unlink()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import subprocess
@@ -83,7 +84,9 @@ def tail(text: str, lines: int) -> str:
 def daemon_command(name: str) -> list[str]:
     """The argv prefix that starts the named daemon; both take the Rust virtiofsd's flags."""
     if name == "ours":
-        return [sys.executable, "-m", "virtiofsd"]
+        # scripts/measure-syscalls.py runs our daemon under strace through this variable.
+        return [*shlex.split(os.environ.get("VIRTIOFSD_DAEMON_WRAPPER", "")),
+                sys.executable, "-m", "virtiofsd"]
     if name == "rust":
         if not os.access(RUST_REFERENCE, os.X_OK):
             raise BootError(
