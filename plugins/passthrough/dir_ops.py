@@ -103,7 +103,8 @@ class DirOps:
         check_new_name(newname)
         inode = self._inodes.get(nodeid)
         parent_inode = self._inodes.get(newparent)
-        os.link(str(inode.fd), newname, src_dir_fd=self._state.proc_self_fd,
+        path_fd = inode.fd  # held while its number is in use (see PathFd)
+        os.link(str(path_fd), newname, src_dir_fd=self._state.proc_self_fd,
                 dst_dir_fd=parent_inode.fd, follow_symlinks=True)
         return self._state.lookup(req, parent_inode, newname)
 
