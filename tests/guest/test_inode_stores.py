@@ -41,18 +41,19 @@ SUBMOUNT_CHECKS = re.findall(r"^\s+(?:check|expect)\s+(\w+)",
                              re.MULTILINE)
 
 
-def make_tree(share: pathlib.Path) -> None:
+def make_tree(share: pathlib.Path, dirs: int = TREE_DIRS,
+              files_per_dir: int = TREE_FILES_PER_DIR) -> None:
     (share / "hello.txt").write_text("hello\n")
     (share / "held.txt").write_text("held\n")
-    for directory in range(TREE_DIRS):
+    for directory in range(dirs):
         folder = share / "tree" / f"d{directory:02d}"
         folder.mkdir(parents=True)
-        for index in range(TREE_FILES_PER_DIR):
+        for index in range(files_per_dir):
             (folder / f"f{index}").touch()
 
 
 def daemon_pids(share: pathlib.Path) -> list[int]:
-    """Our daemon serving ``share`` (the python process, not a wrapper around it)."""
+    """The daemon serving ``share``, ours or Rust (not a strace wrapper around it)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -61,7 +62,8 @@ def daemon_pids(share: pathlib.Path) -> list[int]:
             argv = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"virtiofsd" in argv and str(share).encode() in argv and b"strace" not in argv[0]:
+        if (any(arg.endswith(b"virtiofsd") for arg in argv) and str(share).encode() in argv
+                and not argv[0].endswith(b"strace")):
             found.append(int(entry))
     return found
 
