@@ -2,7 +2,8 @@
 ``find`` + ``stat`` under ``--rlimit-nofile 4096``; prints, per daemon and inode store, the walk
 time, how many lookups met ENFILE/EMFILE, and the daemon's peak descriptor count.
 
-    python bench/fd_budget.py [--files 200000] [--rlimit 4096] [--runs ours-prefer,ours-never,rust-prefer,rust-never]
+    python bench/fd_budget.py [--files 200000] [--rlimit 4096]
+        [--runs ours-prefer,ours-never,rust-prefer,rust-never]
 
 Each run is one guest boot (the guest script is tests/guest/scripts/inode_stores.sh without
 its submount and unlink parts).  The descriptor count is sampled from /proc/PID/fd every 50 ms,

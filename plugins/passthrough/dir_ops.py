@@ -73,8 +73,9 @@ class DirOps:
                              umask: int) -> Any:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with thread_credentials(req.uid, req.gid, req.supplementary_groups):
-            os.mkdir(name, mode & 0o7777, dir_fd=parent_inode.fd)
+            os.mkdir(name, mode & 0o7777, dir_fd=parent_fd)
         return self._state.lookup(req, parent_inode, name)
 
     @hookimpl
@@ -82,8 +83,9 @@ class DirOps:
                              umask: int) -> Any:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with thread_credentials(req.uid, req.gid, req.supplementary_groups):
-            os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_inode.fd)
+            os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_fd)
         return self._state.lookup(req, parent_inode, name)
 
     @hookimpl
@@ -92,8 +94,9 @@ class DirOps:
         if b"\0" in target:
             raise FuseError(errno.EINVAL, "symlink target holds a NUL byte")
         parent_inode = self._inodes.get(parent)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with thread_credentials(req.uid, req.gid, req.supplementary_groups):
-            os.symlink(target, name, dir_fd=parent_inode.fd)
+            os.symlink(target, name, dir_fd=parent_fd)
         return self._state.lookup(req, parent_inode, name)
 
     @hookimpl

@@ -61,8 +61,9 @@ class FileOps:
         host_flags = (state.host_open_flags(flags, req.session.flags)
                       | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
         try:
+            parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
             with thread_credentials(req.uid, req.gid, req.supplementary_groups):
-                fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+                fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_fd)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise

@@ -36,9 +36,8 @@ TREE_FILES = TREE_DIRS * TREE_FILES_PER_DIR
 PREFER_MAX_FDS = 100
 BOOT_TIMEOUT = 300
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "inode_stores.sh"
-SUBMOUNT_CHECKS = re.findall(r"^\s+(?:check|expect)\s+(\w+)",
-                             SCRIPT.read_text().split('if [ "$SUBMOUNTS" = 1 ]')[1].split("fi\n")[0],
-                             re.MULTILINE)
+_SUBMOUNT_PART = SCRIPT.read_text().split('if [ "$SUBMOUNTS" = 1 ]')[1].split("fi\n")[0]
+SUBMOUNT_CHECKS = re.findall(r"^\s+(?:check|expect)\s+(\w+)", _SUBMOUNT_PART, re.MULTILINE)
 
 
 def make_tree(share: pathlib.Path, dirs: int = TREE_DIRS,
