@@ -225,3 +225,36 @@ def test_a_spent_budget_is_enfile_and_the_daemon_keeps_serving(share: Path) -> N
         assert session.process.poll() is None
         log_text = session.log_text()
     assert log_text.count("answering ENFILE") == 1
+
+
+@pytest.fixture
+def share_with_proc(share: Path) -> Iterator[Path]:
+    """A procfs (which cannot make file handles) mounted under the share."""
+    point = share / "proc"
+    point.mkdir()
+    result = subprocess.run(["mount", "-t", "proc", "proc", str(point)], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a procfs here: {result.stderr.strip()}")
+    try:
+        yield share
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+@needs_root
+def test_a_submount_without_handles_is_a_descriptor_or_an_error(share_with_proc: Path,
+                                                                strategy: str) -> None:
+    with running_daemon(ours(f"--inode-file-handles={strategy}"), share_with_proc) as session:
+        fuse = session.client
+        before = path_fds(session.process.pid)
+        if strategy == "mandatory":
+            with pytest.raises(FuseReplyError) as info:
+                fuse.lookup(ROOT_ID, "proc")
+            assert info.value.errno == errno.EOPNOTSUPP
+            assert fuse.lookup(ROOT_ID, "file").attr.size == 4, "the rest still works"
+        else:
+            proc = fuse.lookup(ROOT_ID, "proc")
+            assert proc.attr.flags & abi.ATTR_SUBMOUNT
+            assert path_fds(session.process.pid) == before + 1, "held as a descriptor"
+            assert fuse.lookup(proc.nodeid, "self").nodeid > 0
