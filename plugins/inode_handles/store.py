@@ -263,11 +263,6 @@ class InodeStore:
             raise
         return self._claim(path_fd, found.st, found.mnt_id, handle, mount_fd), found.st
 
-    def claim_or_insert(self, fd: int, st: Any, mnt_id: int = 0) -> Inode:
-        """Count one more lookup of the inode ``fd`` describes (``st`` is its ``fstat``), held
-        as that descriptor whatever the strategy.  Takes ownership of ``fd``."""
-        return self._claim(fd, st, mnt_id, None, None)
-
     def _handle_of(self, path_fd: int, found: ffi.StatxResult
                    ) -> tuple[ffi.FileHandle | None, int | None]:
         assert self._mount_fds is not None
