@@ -174,7 +174,8 @@ def test_prefer_walks_a_big_tree_with_few_descriptors(boots) -> None:
     assert values["walk_enfile"] == "0" and values["walk_other_errors"] == "0", values
     assert int(values["walk_stats"]) >= TREE_FILES
     assert 0 < boot.peak_fds < PREFER_MAX_FDS, f"peak descriptors {boot.peak_fds}"
-    _checks_pass(boot, ["read_before_walk", "read_after_walk", "lookup_after_forgetting"])
+    _checks_pass(boot, ["read_before_walk", "stat_after_walk", "read_after_forgetting",
+                       "lookup_after_forgetting"])
 
 
 def test_never_meets_enfile_and_keeps_serving(boots) -> None:
@@ -183,7 +184,8 @@ def test_never_meets_enfile_and_keeps_serving(boots) -> None:
     assert int(values["walk_enfile"]) > 0, values
     assert values["walk_other_errors"] == "0", values
     assert boot.peak_fds < RLIMIT_NOFILE, "the budget keeps the daemon under its limit"
-    _checks_pass(boot, ["read_before_walk", "read_after_walk", "lookup_after_forgetting"])
+    _checks_pass(boot, ["read_before_walk", "stat_after_walk", "read_after_forgetting",
+                       "lookup_after_forgetting"])
     assert boot.result.daemon_returncode == 0
     assert boot.result.daemon_log.count("answering ENFILE") == 1
 
