@@ -22,7 +22,6 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse.dirents import DirentBuffer
 from virtiofsd.fuse.replies import EMPTY
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import thread_credentials
 from virtiofsd.sys.dirents64 import Dirent64, parse_dirents64
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
@@ -74,7 +73,7 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
-        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+        with self._state.ids.acting_as_caller(req):
             os.mkdir(name, mode & 0o7777, dir_fd=parent_fd)
         return self._state.lookup(req, parent_inode, name)
 
@@ -84,7 +83,7 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
-        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+        with self._state.ids.acting_as_caller(req):
             os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_fd)
         return self._state.lookup(req, parent_inode, name)
 
@@ -95,7 +94,7 @@ class DirOps:
             raise FuseError(errno.EINVAL, "symlink target holds a NUL byte")
         parent_inode = self._inodes.get(parent)
         parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
-        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+        with self._state.ids.acting_as_caller(req):
             os.symlink(target, name, dir_fd=parent_fd)
         return self._state.lookup(req, parent_inode, name)
 

@@ -26,6 +26,7 @@ from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply, OpenReply
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
 from virtiofsd_plugins.passthrough.handles import HandleTable
+from virtiofsd_plugins.passthrough.ids import IdMapper
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class PassthroughState:
         self.config = config
         self.inodes = inodes
         self.handles = HandleTable(inodes.fd_budget)
+        self.ids = IdMapper.from_config(config)
         self.proc_self_fd = proc_self_fd
         self.timeout = config.timeout
         self.file_open_flags, self.dir_open_flags = _CACHE_OPEN_FLAGS[CacheMode(config.cache)]
@@ -119,7 +121,8 @@ class PassthroughState:
         if (inode.is_dir and self._announce_submounts and req.session.flags & _SUBMOUNTS
                 and (inode.key.dev, inode.key.mnt_id) != (parent.key.dev, parent.key.mnt_id)):
             attr_flags = abi.ATTR_SUBMOUNT
-        return EntryReply(inode.nodeid, st, self.timeout, self.timeout, 0, attr_flags)
+        return EntryReply(inode.nodeid, self.ids.guest_view(st), self.timeout, self.timeout, 0,
+                          attr_flags)
 
     def reopen(self, inode: Inode, flags: int) -> int:
         """A new descriptor of ``inode`` opened with ``flags`` through its magic link.

@@ -184,7 +184,8 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
          wrapper: list[str] = (), timeout: float = 300.0,
          log_dir: pathlib.Path | None = None,
          extra_files: dict[str, bytes] | None = None, qemu: str = QEMU,
-         host_root: bool = False) -> BootResult:
+         host_root: bool = False, command: list[str] | None = None,
+         socket_owner: tuple[int, int] | None = None) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
@@ -196,12 +197,17 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
     ``host_root`` shares the host's / read-only over 9p: the workload can then run the host's
     programs on the share with ``in_host COMMAND...`` (scripts/lib.sh), which chroots into it;
     there the virtio-fs share is at /mnt, /tmp is a guest tmpfs.
+
+    ``command`` replaces the daemon's usual argv prefix (e.g. to run it as another host user);
+    ``socket_owner`` (uid, gid) then gets the socket's folder, so that user can listen there.
     """
-    command = daemon_command(daemon)
+    command = list(command) if command is not None else daemon_command(daemon)
     if host_root and not pathlib.Path("/mnt").is_dir():
         raise BootError("host_root needs a /mnt folder on the host to bind the share onto")
     image = guest_image.build()
     socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))
+    if socket_owner is not None:
+        os.chown(socket_dir, *socket_owner)
     own_log_dir = log_dir is None
     logs = pathlib.Path(tempfile.mkdtemp(prefix="vfs-logs-")) if own_log_dir else log_dir
     socket_path = socket_dir / "vhost.sock"
