@@ -11,10 +11,11 @@ to an :class:`Inode` and the guest's lookup count.  An inode is held one of two 
 
 The same host inode always gets the same node id while the guest knows it.  Two indexes find it
 again on a second lookup (through another hard link, through ``.`` or ``..``), keyed as the Rust
-daemon keys them: the file handle for handle-backed inodes, and :class:`InodeKey` (device, inode
-number, mount id, from ``statx``) for descriptor-backed ones.  A handle-backed inode is never
-found by its ``InodeKey``: it does not pin its inode, whose number the file system may reuse for
-a new file after it is deleted; the handle (which carries a generation) tells them apart.
+daemon keys them: mount id and file handle for handle-backed inodes, and :class:`InodeKey`
+(device, inode number, mount id, from ``statx``) for descriptor-backed ones.  A handle-backed
+inode is never found by its ``InodeKey``: it does not pin its inode, whose number the file
+system may reuse for a new file after it is deleted; the handle (which carries a generation)
+tells them apart.
 
 Rules (the Rust daemon's, see the reference notes on the inode store):
 
@@ -188,7 +189,9 @@ class InodeStore:
         self._root = FdInode(ROOT_ID, root_fd, key, stat.S_IFMT(root_st.st_mode), 2)
         self._inodes: dict[int, Inode] = {ROOT_ID: self._root}
         self._by_key: dict[InodeKey, int] = {key: ROOT_ID}
-        self._by_handle: dict[ffi.FileHandle, int] = {}
+        #: Keyed by mount id and handle: the handle alone is only unique on its file system,
+        #: and two file systems (two tmpfs) can hand out equal ones.
+        self._by_handle: dict[tuple[int, ffi.FileHandle], int] = {}
 
     @classmethod
     def open_shared_dir(cls, path: str, handles: HandleUse = HandleUse.NEVER) -> InodeStore:
@@ -297,7 +300,7 @@ class InodeStore:
         if handle is not None:
             assert mount_fd is not None
             inode = HandleInode(next(self._ids), handle, mount_fd, key, file_type, 1)
-            self._by_handle[handle] = inode.nodeid
+            self._by_handle[key.mnt_id, handle] = inode.nodeid
         else:
             try:
                 self.fd_budget.charge("a lookup")
@@ -313,7 +316,7 @@ class InodeStore:
         """The inode already known under ``handle``, else a descriptor-backed one under
         ``key`` (a handle-backed inode found by key may be an older file with the same number)."""
         if handle is not None:
-            nodeid = self._by_handle.get(handle)
+            nodeid = self._by_handle.get((key.mnt_id, handle))
             if nodeid is not None:
                 return self._inodes[nodeid]
         nodeid = self._by_key.get(key)
@@ -344,8 +347,9 @@ class InodeStore:
             del self._inodes[nodeid]
             if self._by_key.get(inode.key) == nodeid:
                 del self._by_key[inode.key]
-            if inode.handle is not None and self._by_handle.get(inode.handle) == nodeid:
-                del self._by_handle[inode.handle]
+            handle_key = (inode.key.mnt_id, inode.handle)
+            if inode.handle is not None and self._by_handle.get(handle_key) == nodeid:
+                del self._by_handle[handle_key]
 
     def refcount(self, nodeid: int) -> int:
         """The guest's lookup count of ``nodeid`` (0 when it is not in the table)."""

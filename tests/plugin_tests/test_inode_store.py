@@ -228,3 +228,20 @@ def test_mountinfo_parsing_decodes_escapes():
     text = ("27 1 254:0 / / rw - ext4 /dev/vda rw\n"
             "40 27 0:40 / /srv/a\\040b rw - tmpfs tmpfs rw\n")
     assert mount_points(text.replace("\\n", "\n")) == {27: "/", 40: "/srv/a b"}
+
+
+def test_equal_handles_on_two_mounts_are_two_inodes(tmp_path):
+    """A handle is only unique on its file system: the store keys handles by mount id too."""
+    store = make_store("mandatory", tmp_path)
+    try:
+        (tmp_path / "file").touch()
+        fd = os.open("file", O_PATH_FLAGS, dir_fd=store.root.fd)
+        found = ffi.statx(fd, b"", ffi.AT_EMPTY_PATH)
+        handle, mount_fd = store._handle_of(fd, found)
+        first = store._claim(fd, found.st, found.mnt_id, handle, mount_fd)
+        other_mount = found.mnt_id + 1  # as if another file system gave an equal handle
+        fd = os.open("file", O_PATH_FLAGS, dir_fd=store.root.fd)
+        second = store._claim(fd, found.st, other_mount, handle, mount_fd)
+        assert second is not first and len(store) == 3
+    finally:
+        store.close()
