@@ -59,7 +59,7 @@ class Config:
     allow_direct_io: bool = False
     readonly: bool = False
     announce_submounts: bool = True
-    inode_file_handles: str = "never"
+    inode_file_handles: str = "prefer"
     preserve_noatime: bool = False
     killpriv_v2: bool = False
     #: POSIX record locks served by the daemon (``-o no_posix_lock``: the guest keeps them).

@@ -1,7 +1,7 @@
 """``--inode-file-handles=never``: hold every inode the guest knows as an O_PATH descriptor.
 
-The simplest strategy and the Rust 1.13 default: no file handles, no CAP_DAC_READ_SEARCH, one
-descriptor per known inode (which counts against RLIMIT_NOFILE).
+No file handles, no CAP_DAC_READ_SEARCH, one descriptor per known inode (which counts against
+the guest's descriptor budget under RLIMIT_NOFILE: past it, lookups fail with ENFILE).
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from virtiofsd import hookimpl
-from virtiofsd.errors import ConfigError
-from virtiofsd_plugins.inode_handles.store import InodeStore
+from virtiofsd_plugins.inode_handles.store import HandleUse, InodeStore
 
 
 @hookimpl
@@ -19,8 +18,4 @@ def virtiofsd_make_inode_store(config: Any) -> InodeStore:
 
     :raises ConfigError: the shared folder cannot be opened as a folder.
     """
-    try:
-        return InodeStore.open_shared_dir(config.shared_dir)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the shared directory {config.shared_dir!r}: "
-                          f"{exc.strerror}") from exc
+    return InodeStore.open_shared_dir(config.shared_dir, HandleUse.NEVER)

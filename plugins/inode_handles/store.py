@@ -1,29 +1,39 @@
 """The inode table every ``--inode-file-handles`` strategy shares.
 
 The guest names inodes by FUSE node ids that this daemon hands out; the table maps each node id
-to an :class:`Inode` holding the host inode (an O_PATH descriptor with the ``never`` strategy)
-and the guest's lookup count.  The same host inode always gets the same node id while the guest
-knows it: an index keyed by :class:`InodeKey` (device, inode number, mount id) finds it again on
-a second lookup, through another hard link or through ``.``.
+to an :class:`Inode` and the guest's lookup count.  An inode is held one of two ways:
+
+- :class:`FdInode`: an O_PATH descriptor, open as long as the guest knows the inode (``never``,
+  and ``prefer`` where handles do not work).  It counts against the guest's descriptor budget.
+- :class:`HandleInode`: a file handle and the descriptor of its mount (``prefer``,
+  ``mandatory``); an O_PATH descriptor is opened from the handle for each operation and closed
+  after it, so a guest knowing a million inodes costs no descriptors.
+
+The same host inode always gets the same node id while the guest knows it.  Two indexes find it
+again on a second lookup (through another hard link, through ``.`` or ``..``), keyed as the Rust
+daemon keys them: mount id and file handle for handle-backed inodes, and :class:`InodeKey`
+(device, inode number, mount id, from ``statx``) for descriptor-backed ones.  A handle-backed
+inode is never found by its ``InodeKey``: it does not pin its inode, whose number the file
+system may reuse for a new file after it is deleted; the handle (which carries a generation)
+tells them apart.
 
 Rules (the Rust daemon's, see the reference notes on the inode store):
 
-- Node id 1 is the shared folder.  It is pinned: FORGET lowers its count but never removes it,
-  and :meth:`InodeStore.clear` (DESTROY, a second INIT) keeps it.
+- Node id 1 is the shared folder, always an O_PATH descriptor.  It is pinned: FORGET lowers its
+  count but never removes it, and :meth:`InodeStore.clear` (DESTROY, a second INIT) keeps it.
 - Every other node id is fresh (monotonic from 2), never reused within the store's life.
 - FORGET saturates at zero (a guest forgetting more than it looked up cannot underflow
   anything); at zero the inode leaves the table.
-- The key is taken from ``fstat`` of the descriptor the lookup just opened, never from the name,
-  so the key and the descriptor always describe the same inode.  While a descriptor is open the
-  inode cannot be freed, so its number cannot be reused under a stale entry.  The mount id is 0
-  until ``statx(STATX_MNT_ID)`` comes in; the key keeps its place.
+- Key and handle are taken from the descriptor the lookup just opened, never from the name, so
+  they and the descriptor always describe the same inode.
 
 Why descriptors close in ``__del__``: an operation running in another thread may still use an
 inode's descriptor when FORGET removes the inode from the table.  Closing there would let the
 number be reused by an unrelated open while that operation runs on it.  The descriptor is
-therefore owned by the :class:`Inode` object and closed when the last reference to it is gone
-(CPython frees objects as soon as their reference count drops to zero), which is what the Rust
-daemon gets from ``Arc``.
+therefore owned by an object and closed when the last reference to it is gone (CPython frees
+objects as soon as their reference count drops to zero), which is what the Rust daemon gets from
+``Arc``.  The same holds for the short-lived descriptor a :class:`HandleInode` gives out
+(:class:`PathFd`): keep it in a variable for as long as its number is in use.
 
 Thread safety: one lock guards every change.  ``get`` reads the dict without it; a single dict
 read is atomic under the GIL.
@@ -31,6 +41,7 @@ read is atomic under the GIL.
 
 from __future__ import annotations
 
+import enum
 import errno
 import itertools
 import logging
@@ -40,13 +51,25 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from virtiofsd.errors import FuseError
+from virtiofsd.errors import ConfigError, FuseError
 from virtiofsd.fuse.abi import ROOT_ID
+from virtiofsd.sys import ffi
+from virtiofsd_plugins.inode_handles.budget import FdBudget
+from virtiofsd_plugins.inode_handles.mount_fds import MountFds
 
 log = logging.getLogger(__name__)
 
 #: How a strategy opens a host inode it keeps as a descriptor.
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_STATX_FLAGS = ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW
+
+
+class HandleUse(str, enum.Enum):
+    """``--inode-file-handles``: when inodes are held as file handles."""
+
+    NEVER = "never"
+    PREFER = "prefer"
+    MANDATORY = "mandatory"
 
 
 class InodeKey(NamedTuple):
@@ -57,16 +80,34 @@ class InodeKey(NamedTuple):
     mnt_id: int
 
 
+class PathFd(int):
+    """An O_PATH descriptor number that closes itself when the last reference goes away."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        try:
+            os.close(self)
+        except OSError as exc:
+            log.error("closing the descriptor %d opened from a file handle failed: %s",
+                      int(self), exc)
+
+
 class Inode:
-    """One host inode the guest knows, and how many lookups of it the guest holds."""
+    """One host inode the guest knows, and how many lookups of it the guest holds.
 
-    __slots__ = ("fd", "file_type", "key", "nodeid", "refcount")
+    ``fd`` is an O_PATH descriptor of the inode: usable as a ``dir_fd``, for ``fstat``,
+    ``fstatvfs`` and reopening through ``/proc/self/fd``; not for reading or writing.
+    """
 
-    def __init__(self, nodeid: int, fd: int, key: InodeKey, file_type: int, refcount: int) -> None:
+    __slots__ = ("file_type", "key", "nodeid", "refcount")
+
+    #: The file handle of a handle-backed inode; ``None`` for a descriptor-backed one.
+    handle: ffi.FileHandle | None = None
+    fd: int
+
+    def __init__(self, nodeid: int, key: InodeKey, file_type: int, refcount: int) -> None:
         self.nodeid = nodeid
-        #: An O_PATH descriptor: usable as a ``dir_fd``, for ``fstat``, ``fstatvfs`` and
-        #: reopening through ``/proc/self/fd``; not for reading or writing.
-        self.fd = fd
         self.key = key
         #: ``stat.S_IFMT`` of the mode: the type of an inode never changes.
         self.file_type = file_type
@@ -84,43 +125,113 @@ class Inode:
         return self.file_type == stat.S_IFREG or self.file_type == stat.S_IFDIR
 
     def __repr__(self) -> str:
-        return (f"Inode(nodeid={self.nodeid}, fd={self.fd}, dev={self.key.dev}, "
-                f"ino={self.key.ino}, refcount={self.refcount})")
+        return (f"{type(self).__name__}(nodeid={self.nodeid}, dev={self.key.dev}, "
+                f"ino={self.key.ino}, mnt_id={self.key.mnt_id}, refcount={self.refcount})")
+
+
+class FdInode(Inode):
+    """An inode held as an O_PATH descriptor for as long as the guest knows it."""
+
+    __slots__ = ("_budget", "fd")
+
+    def __init__(self, nodeid: int, fd: int, key: InodeKey, file_type: int, refcount: int,
+                 budget: FdBudget | None = None) -> None:
+        super().__init__(nodeid, key, file_type, refcount)
+        self.fd = fd
+        self._budget = budget
 
     def __del__(self) -> None:
         try:
             os.close(self.fd)
         except OSError as exc:
             log.error("closing the descriptor of node %d failed: %s", self.nodeid, exc)
+        if self._budget is not None:
+            self._budget.release()
+
+
+class HandleInode(Inode):
+    """An inode held as a file handle; each use of :attr:`fd` opens a fresh :class:`PathFd`."""
+
+    __slots__ = ("handle", "mount_fd")
+
+    def __init__(self, nodeid: int, handle: ffi.FileHandle, mount_fd: int, key: InodeKey,
+                 file_type: int, refcount: int) -> None:
+        super().__init__(nodeid, key, file_type, refcount)
+        self.handle = handle
+        self.mount_fd = mount_fd
+
+    @property
+    def fd(self) -> PathFd:  # type: ignore[override]
+        """A new O_PATH descriptor of the inode, closed when the returned object is dropped.
+
+        :raises OSError: ESTALE when the inode no longer exists on the host.
+        """
+        return PathFd(ffi.open_by_handle_at(self.mount_fd, self.handle, O_PATH_FLAGS))
 
 
 class InodeStore:
-    """Node id -> :class:`Inode`, with lookup counts and the (dev, ino, mnt_id) index."""
+    """Node id -> :class:`Inode`, with lookup counts, the handle and the (dev, ino, mnt_id)
+    indexes, and the guest's descriptor budget."""
 
-    def __init__(self, root_fd: int, root_st: Any, root_mnt_id: int = 0) -> None:
-        """Take ownership of ``root_fd`` (an O_PATH descriptor of the shared folder)."""
+    def __init__(self, root_fd: int, root_st: Any, root_mnt_id: int = 0,
+                 handles: HandleUse = HandleUse.NEVER, budget: FdBudget | None = None,
+                 mount_fds: MountFds | None = None) -> None:
+        """Take ownership of ``root_fd`` (an O_PATH descriptor of the shared folder) and of
+        ``mount_fds``.  ``handles`` other than NEVER needs ``mount_fds``."""
         self._lock = threading.Lock()
         self._ids = itertools.count(ROOT_ID + 1)
+        #: The strategy in force (``prefer`` becomes ``never`` when handles do not work here).
+        self.handles = handles
+        self.fd_budget = budget if budget is not None else FdBudget.from_rlimit()
+        self._mount_fds = mount_fds
         key = InodeKey(root_st.st_dev, root_st.st_ino, root_mnt_id)
         # A count of 2 for the root, as libfuse and the Rust daemon start it.
-        self._root = Inode(ROOT_ID, root_fd, key, stat.S_IFMT(root_st.st_mode), 2)
+        self._root = FdInode(ROOT_ID, root_fd, key, stat.S_IFMT(root_st.st_mode), 2)
         self._inodes: dict[int, Inode] = {ROOT_ID: self._root}
         self._by_key: dict[InodeKey, int] = {key: ROOT_ID}
+        #: Keyed by mount id and handle: the handle alone is only unique on its file system,
+        #: and two file systems (two tmpfs) can hand out equal ones.
+        self._by_handle: dict[tuple[int, ffi.FileHandle], int] = {}
 
     @classmethod
-    def open_shared_dir(cls, path: str) -> InodeStore:
+    def open_shared_dir(cls, path: str, handles: HandleUse = HandleUse.NEVER) -> InodeStore:
         """A store whose root is the folder ``path`` (opened O_PATH, following a symlink in
         the user-given path; the folder itself must be a folder).
 
-        :raises OSError: ``path`` cannot be opened or is not a folder.
+        With ``prefer`` or ``mandatory``, first checks that a file handle of the root can be
+        made and opened again: ``prefer`` falls back to ``never`` with one warning,
+        ``mandatory`` refuses to start.
+
+        :raises ConfigError: ``path`` cannot be opened or is not a folder; ``mandatory`` and
+            file handles do not work.
         """
-        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            st = os.stat(fd)
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the shared directory {path!r}: "
+                              f"{exc.strerror}") from exc
+        mount_fds = None
+        try:
+            root = ffi.statx(fd, b"", _STATX_FLAGS)
+            if handles is not HandleUse.NEVER:
+                mount_fds = MountFds()
+                problem = _handle_problem(fd, root, mount_fds)
+                if problem is not None:
+                    mount_fds.close()
+                    mount_fds = None
+                    if handles is HandleUse.MANDATORY:
+                        raise ConfigError(f"--inode-file-handles=mandatory: file handles do not "
+                                          f"work on the shared directory {path!r}: {problem}")
+                    log.warning("file handles do not work on the shared directory %r (%s): "
+                                "holding inodes as O_PATH file descriptors, as with "
+                                "--inode-file-handles=never", path, problem)
+                    handles = HandleUse.NEVER
         except BaseException:
             os.close(fd)
+            if mount_fds is not None:
+                mount_fds.close()
             raise
-        return cls(fd, st)
+        return cls(fd, root.st, root.mnt_id, handles, mount_fds=mount_fds)
 
     @property
     def root(self) -> Inode:
@@ -134,24 +245,86 @@ class InodeStore:
             raise FuseError(errno.EBADF, f"unknown node id {nodeid}")
         return inode
 
-    def claim_or_insert(self, fd: int, st: Any, mnt_id: int = 0) -> Inode:
-        """Count one more lookup of the inode ``fd`` describes (``st`` is its ``fstat``).
+    def claim(self, path_fd: int) -> tuple[Inode, os.stat_result]:
+        """Count one more lookup of the inode ``path_fd`` (an O_PATH descriptor) describes.
 
-        Takes ownership of ``fd``: it becomes the new inode's descriptor, or it is closed when
-        the inode is already in the table (the guest then gets the node id it already knows).
+        Takes ownership of ``path_fd``: it is kept as the inode's descriptor or closed.
+
+        :returns: the inode and its attributes (from ``statx`` of ``path_fd``).
+        :raises FuseError: ENFILE when the inode would be a new descriptor and the guest's
+            budget is spent.
+        :raises OSError: with ``mandatory``, why no file handle could be made (EOPNOTSUPP on a
+            file system without export support).
         """
+        try:
+            found = ffi.statx(path_fd, b"", _STATX_FLAGS)
+            handle = mount_fd = None
+            if self.handles is not HandleUse.NEVER:
+                handle, mount_fd = self._handle_of(path_fd, found)
+        except BaseException:
+            os.close(path_fd)
+            raise
+        return self._claim(path_fd, found.st, found.mnt_id, handle, mount_fd), found.st
+
+    def _handle_of(self, path_fd: int, found: ffi.StatxResult
+                   ) -> tuple[ffi.FileHandle | None, int | None]:
+        assert self._mount_fds is not None
+        try:
+            handle, _ = ffi.name_to_handle_at(path_fd, b"", ffi.AT_EMPTY_PATH)
+            mount_fd = self._mount_fds.get(found.mnt_id, path_fd, stat.S_IFMT(found.st.st_mode))
+        except OSError:
+            if self.handles is HandleUse.MANDATORY:
+                raise
+            return None, None
+        return handle, mount_fd
+
+    def _claim(self, fd: int, st: Any, mnt_id: int, handle: ffi.FileHandle | None,
+               mount_fd: int | None) -> Inode:
         key = InodeKey(st.st_dev, st.st_ino, mnt_id)
         with self._lock:
-            nodeid = self._by_key.get(key)
-            if nodeid is None:
-                inode = Inode(next(self._ids), fd, key, stat.S_IFMT(st.st_mode), 1)
-                self._inodes[inode.nodeid] = inode
-                self._by_key[key] = inode.nodeid
-                return inode
-            inode = self._inodes[nodeid]
-            inode.refcount += 1
+            inode = self._existing(key, handle)
+            if inode is not None:
+                inode.refcount += 1
+            else:
+                inode = self._insert(fd, key, stat.S_IFMT(st.st_mode), handle, mount_fd)
+                if handle is None:
+                    return inode
         os.close(fd)
         return inode
+
+    def _insert(self, fd: int, key: InodeKey, file_type: int, handle: ffi.FileHandle | None,
+                mount_fd: int | None) -> Inode:
+        """A new inode (lock held): handle-backed when ``handle`` is given, else owning ``fd``
+        (which is closed when the descriptor budget refuses it)."""
+        inode: Inode
+        if handle is not None:
+            assert mount_fd is not None
+            inode = HandleInode(next(self._ids), handle, mount_fd, key, file_type, 1)
+            self._by_handle[key.mnt_id, handle] = inode.nodeid
+        else:
+            try:
+                self.fd_budget.charge("a lookup")
+            except FuseError:
+                os.close(fd)
+                raise
+            inode = FdInode(next(self._ids), fd, key, file_type, 1, self.fd_budget)
+        self._inodes[inode.nodeid] = inode
+        self._by_key[key] = inode.nodeid
+        return inode
+
+    def _existing(self, key: InodeKey, handle: ffi.FileHandle | None) -> Inode | None:
+        """The inode already known under ``handle``, else a descriptor-backed one under
+        ``key`` (a handle-backed inode found by key may be an older file with the same number)."""
+        if handle is not None:
+            nodeid = self._by_handle.get((key.mnt_id, handle))
+            if nodeid is not None:
+                return self._inodes[nodeid]
+        nodeid = self._by_key.get(key)
+        if nodeid is not None:
+            inode = self._inodes[nodeid]
+            if inode.handle is None:
+                return inode
+        return None
 
     def forget(self, nodeid: int, nlookup: int) -> None:
         """Take back ``nlookup`` lookups of ``nodeid``, saturating at zero.  Unknown ids are
@@ -174,6 +347,9 @@ class InodeStore:
             del self._inodes[nodeid]
             if self._by_key.get(inode.key) == nodeid:
                 del self._by_key[inode.key]
+            handle_key = (inode.key.mnt_id, inode.handle)
+            if inode.handle is not None and self._by_handle.get(handle_key) == nodeid:
+                del self._by_handle[handle_key]
 
     def refcount(self, nodeid: int) -> int:
         """The guest's lookup count of ``nodeid`` (0 when it is not in the table)."""
@@ -185,13 +361,17 @@ class InodeStore:
         with self._lock:
             self._inodes = {ROOT_ID: self._root}
             self._by_key = {self._root.key: ROOT_ID}
+            self._by_handle = {}
             self._root.refcount = 2
 
     def close(self) -> None:
-        """Drop every inode, the root included (the daemon stops)."""
+        """Drop every inode, the root included, and the mount fds (the daemon stops)."""
         with self._lock:
             self._inodes = {}
             self._by_key = {}
+            self._by_handle = {}
+            if self._mount_fds is not None:
+                self._mount_fds.close()
 
     def snapshot(self) -> tuple[list[Inode], int]:
         """Every inode and the next node id, consistent with each other (migration saves them)."""
@@ -200,10 +380,21 @@ class InodeStore:
             self._ids = itertools.count(next_id)
             return list(self._inodes.values()), next_id
 
-    def adopt(self, nodeid: int, fd: int, st: Any, refcount: int, mnt_id: int = 0) -> Inode:
-        """Insert an inode under the node id a migration source gave it (takes ``fd``)."""
+    def adopt(self, nodeid: int, fd: int, st: Any, refcount: int) -> Inode:
+        """Insert an inode under the node id a migration source gave it (takes ``fd``, an
+        O_PATH descriptor, charged to the descriptor budget), keyed as a lookup would key it
+        (the mount id comes from ``statx``), so a later lookup of the same file finds it.
+
+        :raises FuseError: ENFILE when the budget is spent (``fd`` is closed).
+        """
+        try:
+            mnt_id = ffi.statx(fd, b"", _STATX_FLAGS).mnt_id
+            self.fd_budget.charge("a migrated inode")
+        except BaseException:
+            os.close(fd)
+            raise
         key = InodeKey(st.st_dev, st.st_ino, mnt_id)
-        inode = Inode(nodeid, fd, key, stat.S_IFMT(st.st_mode), refcount)
+        inode = FdInode(nodeid, fd, key, stat.S_IFMT(st.st_mode), refcount, self.fd_budget)
         with self._lock:
             self._inodes[nodeid] = inode
             self._by_key.setdefault(key, nodeid)
@@ -219,3 +410,19 @@ class InodeStore:
 
     def __contains__(self, nodeid: object) -> bool:
         return nodeid in self._inodes
+
+
+def _handle_problem(root_fd: int, root: ffi.StatxResult, mount_fds: MountFds) -> str | None:
+    """Why file handles do not work for the shared folder, or ``None`` when a handle of it can
+    be made and opened again (which also needs CAP_DAC_READ_SEARCH)."""
+    try:
+        handle, _ = ffi.name_to_handle_at(root_fd, b"", ffi.AT_EMPTY_PATH)
+        mount_fd = mount_fds.get(root.mnt_id, root_fd, stat.S_IFMT(root.st.st_mode))
+        reopened = PathFd(ffi.open_by_handle_at(mount_fd, handle, O_PATH_FLAGS))
+        st = os.stat(reopened)
+    except OSError as exc:
+        hint = " (CAP_DAC_READ_SEARCH is needed)" if exc.errno == errno.EPERM else ""
+        return f"{exc.strerror}{hint}: {exc}"
+    if (st.st_dev, st.st_ino) != (root.st.st_dev, root.st.st_ino):
+        return "the handle of the shared directory opens another inode"
+    return None

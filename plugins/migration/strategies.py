@@ -109,8 +109,9 @@ class FindPaths(MigrationStrategy):
         return found
 
     def _path_from_link(self, state: Any, inode: Any) -> bytes | None:
+        fd = inode.fd  # a handle-backed inode's descriptor lives as long as this name
         try:
-            target = os.readlink(str(inode.fd).encode(), dir_fd=state.proc_self_fd)
+            target = os.readlink(str(fd).encode(), dir_fd=state.proc_self_fd)
         except OSError as err:
             log.debug("readlink of node %d failed: %s", inode.nodeid, err)
             return None

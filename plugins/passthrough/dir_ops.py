@@ -74,8 +74,9 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         context = security_context(self._state, req)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with as_creator(self._state, req, umask):
-            os.mkdir(name, mode & 0o7777, dir_fd=parent_inode.fd)
+            os.mkdir(name, mode & 0o7777, dir_fd=parent_fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=True)
 
     @hookimpl
@@ -84,8 +85,9 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         context = security_context(self._state, req)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with as_creator(self._state, req, umask):
-            os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_inode.fd)
+            os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
 
     @hookimpl
@@ -95,8 +97,9 @@ class DirOps:
             raise FuseError(errno.EINVAL, "symlink target holds a NUL byte")
         parent_inode = self._inodes.get(parent)
         context = security_context(self._state, req)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with as_creator(self._state, req, None):
-            os.symlink(target, name, dir_fd=parent_inode.fd)
+            os.symlink(target, name, dir_fd=parent_fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
 
     def _labelled_entry(self, req: Any, parent_inode: Any, name: bytes,
@@ -113,7 +116,8 @@ class DirOps:
         check_new_name(newname)
         inode = self._inodes.get(nodeid)
         parent_inode = self._inodes.get(newparent)
-        os.link(str(inode.fd), newname, src_dir_fd=self._state.proc_self_fd,
+        path_fd = inode.fd  # held while its number is in use (see PathFd)
+        os.link(str(path_fd), newname, src_dir_fd=self._state.proc_self_fd,
                 dst_dir_fd=parent_inode.fd, follow_symlinks=True)
         return self._state.lookup(req, parent_inode, newname)
 

@@ -133,14 +133,15 @@ class EntryOps:
         if valid & abi.FATTR_SIZE and handle is None:
             truncate_fd = state.reopen(inode, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            proc_name = str(inode.fd)
+            path_fd = inode.fd  # held while its number is in use (see PathFd)
+            proc_name = str(path_fd)
             if valid & abi.FATTR_MODE:
                 if handle is not None:
                     os.fchmod(handle.fd, mode)
                 else:
                     os.chmod(proc_name, mode, dir_fd=state.proc_self_fd)
             if valid & _OWNER_BITS:
-                ffi.fchownat(inode.fd, b"",
+                ffi.fchownat(path_fd, b"",
                              ffi.UNCHANGED if host_uid is None else host_uid,
                              ffi.UNCHANGED if host_gid is None else host_gid,
                              ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW)

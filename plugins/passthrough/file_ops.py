@@ -82,11 +82,12 @@ class FileOps:
                       | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
         context = security_context(state, req)
         try:
+            parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
             if context is None:
                 with as_creator(self._state, req, umask):
-                    fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+                    fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_fd)
             else:
-                fd = self._create_labelled(req, parent_inode, name, host_flags, mode & 0o7777,
+                fd = self._create_labelled(req, parent_fd, name, host_flags, mode & 0o7777,
                                            umask, context)
         except FileExistsError:
             if flags & os.O_EXCL:
@@ -103,8 +104,9 @@ class FileOps:
         parent_inode = self._inodes.get(parent)
         host_flags = (state.host_open_flags(flags & ~os.O_TMPFILE, req.session.flags)
                       | flags & os.O_EXCL | os.O_TMPFILE)
+        parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with as_creator(state, req, umask):
-            fd = os.open(".", host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+            fd = os.open(".", host_flags, mode & 0o7777, dir_fd=parent_fd)
         return self._created(req, parent_inode, fd)
 
     def _created(self, req: Any, parent_inode: Any, fd: int) -> CreateReply:
@@ -119,7 +121,7 @@ class FileOps:
         fh = self._handles.insert(entry.nodeid, fd)
         return CreateReply(entry, OpenReply(fh, state.file_open_flags))
 
-    def _create_labelled(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
+    def _create_labelled(self, req: Any, parent_fd: int, name: bytes, host_flags: int,
                          mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
         """Create ``name`` already carrying its security label: an unnamed O_TMPFILE is
         labelled, then linked into place (EEXIST when the name appeared meanwhile).  Where the
@@ -131,30 +133,30 @@ class FileOps:
                      | (os.O_RDWR if access == os.O_RDONLY else access))
         try:
             with as_creator(self._state, req, umask):
-                fd = os.open(".", tmp_flags, mode, dir_fd=parent_inode.fd)
+                fd = os.open(".", tmp_flags, mode, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
-            return self._create_then_label(req, parent_inode, name, host_flags, mode, umask,
+            return self._create_then_label(req, parent_fd, name, host_flags, mode, umask,
                                            context)
         try:
             os.setxattr(fd, context[0], context[1])
             os.link(str(fd), name, src_dir_fd=self._state.proc_self_fd,
-                    dst_dir_fd=parent_inode.fd, follow_symlinks=True)
+                    dst_dir_fd=parent_fd, follow_symlinks=True)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _create_then_label(self, req: Any, parent_inode: Any, name: bytes, host_flags: int,
+    def _create_then_label(self, req: Any, parent_fd: int, name: bytes, host_flags: int,
                            mode: int, umask: int, context: tuple[bytes, bytes]) -> int:
         with as_creator(self._state, req, umask):
-            fd = os.open(name, host_flags, mode, dir_fd=parent_inode.fd)
+            fd = os.open(name, host_flags, mode, dir_fd=parent_fd)
         try:
             os.setxattr(fd, context[0], context[1])
         except BaseException:
             os.close(fd)
-            os.unlink(name, dir_fd=parent_inode.fd)
+            os.unlink(name, dir_fd=parent_fd)
             raise
         return fd
 

@@ -7,7 +7,8 @@ naming another node's handle gets EBADF, as from the Rust daemon.
 As in the inode store, the descriptor is owned by the :class:`OpenHandle` object and closed when
 the last reference is gone, not when RELEASE removes it from the table: a READ running in
 another thread keeps its descriptor valid until it returns, and the number cannot be reused by
-an unrelated open meanwhile.
+an unrelated open meanwhile.  Each open handle costs one descriptor of the guest's budget
+(:class:`~virtiofsd_plugins.inode_handles.budget.FdBudget`): past it OPEN answers ENFILE.
 
 Each handle has a lock for the operations that use the descriptor's file position (READDIR's
 lseek + getdents64, LSEEK).  READ and WRITE use positioned I/O and take no lock.
@@ -22,6 +23,7 @@ import os
 import threading
 
 from virtiofsd.errors import FuseError
+from virtiofsd_plugins.inode_handles.budget import FdBudget
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,13 @@ log = logging.getLogger(__name__)
 class OpenHandle:
     """One open host file or folder."""
 
-    __slots__ = ("fd", "fh", "lock", "nodeid")
+    __slots__ = ("_budget", "fd", "fh", "lock", "nodeid")
 
-    def __init__(self, fh: int, nodeid: int, fd: int) -> None:
+    def __init__(self, fh: int, nodeid: int, fd: int, budget: FdBudget | None = None) -> None:
         self.fh = fh
         self.nodeid = nodeid
         self.fd = fd
+        self._budget = budget
         #: Serializes users of the descriptor's file position.
         self.lock = threading.Lock()
 
@@ -46,21 +49,34 @@ class OpenHandle:
             os.close(self.fd)
         except OSError as exc:
             log.error("closing the descriptor of handle %d failed: %s", self.fh, exc)
+        if self._budget is not None:
+            self._budget.release()
 
 
 class HandleTable:
     """``fh`` -> :class:`OpenHandle`; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: FdBudget | None = None) -> None:
+        """``budget``: charged one descriptor per open handle (none: unbounded)."""
+        self._budget = budget
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._handles: dict[int, OpenHandle] = {}
 
     def insert(self, nodeid: int, fd: int) -> int:
-        """Take ownership of ``fd``, opened for ``nodeid``; :returns: its new handle."""
+        """Take ownership of ``fd``, opened for ``nodeid``; :returns: its new handle.
+
+        :raises FuseError: ENFILE when the descriptor budget is spent (``fd`` is closed).
+        """
+        if self._budget is not None:
+            try:
+                self._budget.charge("an open")
+            except FuseError:
+                os.close(fd)
+                raise
         with self._lock:
             fh = next(self._ids)
-            self._handles[fh] = OpenHandle(fh, nodeid, fd)
+            self._handles[fh] = OpenHandle(fh, nodeid, fd, self._budget)
         return fh
 
     def get(self, fh: int, nodeid: int) -> OpenHandle:

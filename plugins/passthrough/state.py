@@ -75,7 +75,7 @@ class PassthroughState:
         are never mapped)."""
         self.config = config
         self.inodes = inodes
-        self.handles = HandleTable()
+        self.handles = HandleTable(inodes.fd_budget)
         self.ids = IdMapper.from_config(config)
         self.proc_self_fd = proc_self_fd
         self._saved_cwd = _open_cwd()
@@ -113,17 +113,15 @@ class PassthroughState:
 
     def entry_for_fd(self, req: Any, parent: Inode, path_fd: int) -> EntryReply:
         """Count one lookup of the inode of ``path_fd`` (an O_PATH descriptor, whose ownership
-        passes to the store) and describe it to the guest.  The attributes come from ``fstat``
-        of that descriptor, never from a name that could meanwhile point elsewhere."""
-        try:
-            st = os.stat(path_fd)
-        except BaseException:
-            os.close(path_fd)
-            raise
-        inode = self.inodes.claim_or_insert(path_fd, st)
+        passes to the store) and describe it to the guest.  The attributes come from ``statx``
+        of that descriptor, never from a name that could meanwhile point elsewhere.  A folder
+        on another device or mount than its parent is a mount point: with
+        ``--announce-submounts`` it is flagged ATTR_SUBMOUNT, so the guest gives it its own
+        ``st_dev``."""
+        inode, st = self.inodes.claim(path_fd)
         attr_flags = 0
-        if (inode.key.dev != parent.key.dev and inode.is_dir and self._announce_submounts
-                and req.session.flags & _SUBMOUNTS):
+        if (inode.is_dir and self._announce_submounts and req.session.flags & _SUBMOUNTS
+                and (inode.key.dev, inode.key.mnt_id) != (parent.key.dev, parent.key.mnt_id)):
             attr_flags = abi.ATTR_SUBMOUNT
         return EntryReply(inode.nodeid, self.ids.guest_view(st), self.timeout, self.timeout, 0,
                           attr_flags)
@@ -136,7 +134,8 @@ class PassthroughState:
         """
         if not inode.reopenable:
             raise FuseError(errno.EBADF, f"node {inode.nodeid} is not a regular file or folder")
-        return os.open(str(inode.fd), flags, dir_fd=self.proc_self_fd)
+        path_fd = inode.fd  # held while its number is in use (see PathFd)
+        return os.open(str(path_fd), flags, dir_fd=self.proc_self_fd)
 
     def magic_link_path(self, fd: int) -> str:
         """A path to the magic link of descriptor ``fd`` (an inode's O_PATH one), for the system

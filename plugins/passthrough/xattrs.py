@@ -27,7 +27,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from virtiofsd import hookimpl
@@ -73,8 +73,13 @@ class XattrOps:
             raise FuseError(errno.ENOTSUP, "POSIX ACLs are off (--posix-acl)")
         return self._state.xattr_name_to_host(req, name)
 
-    def _path(self, nodeid: int) -> str:
-        return self._state.magic_link_path(self._inodes.get(nodeid).fd)
+    @contextlib.contextmanager
+    def _magic_link(self, nodeid: int) -> Iterator[str]:
+        """The magic-link path of ``nodeid``'s descriptor, valid inside the block: the
+        descriptor of a handle-backed inode is opened for the occasion and closed with its last
+        reference, so it is held here until the call is done."""
+        fd = self._inodes.get(nodeid).fd
+        yield self._state.magic_link_path(fd)
 
     @hookimpl
     def virtiofsd_fuse_getxattr(self, req: Any, nodeid: int, name: bytes, size: int) -> Any:
@@ -84,12 +89,15 @@ class XattrOps:
             if exc.errno == errno.EPERM:
                 raise FuseError(errno.ENODATA, f"xattr {name!r} refused by the map") from None
             raise
-        return _reply_sized(os.getxattr(self._path(nodeid), host_name), size)
+        with self._magic_link(nodeid) as path:
+            return _reply_sized(os.getxattr(path, host_name), size)
 
     @hookimpl
     def virtiofsd_fuse_listxattr(self, req: Any, nodeid: int, size: int) -> Any:
         names = []
-        for host_name in map(os.fsencode, os.listxattr(self._path(nodeid))):
+        with self._magic_link(nodeid) as path:
+            host_names = os.listxattr(path)
+        for host_name in map(os.fsencode, host_names):
             if not self._posix_acl and host_name in ACL_NAMES:
                 continue
             guest_name = self._to_guest(req=req, name=host_name)
@@ -104,19 +112,21 @@ class XattrOps:
         """Set the attribute; an ACL change the guest flags with SETXATTR_ACL_KILL_SGID then
         clears S_ISGID explicitly (the host kernel would not: the daemon holds CAP_FSETID)."""
         host_name = self._host_name(req, name)
-        inode = self._inodes.get(nodeid)
-        os.setxattr(self._state.magic_link_path(inode.fd), host_name, value, flags)
+        fd = self._inodes.get(nodeid).fd  # held for the whole call (see _magic_link)
+        os.setxattr(self._state.magic_link_path(fd), host_name, value, flags)
         if (self._posix_acl and setxattr_flags & abi.SETXATTR_ACL_KILL_SGID
                 and name == ACL_ACCESS):
-            mode = os.stat(inode.fd).st_mode
+            mode = os.stat(fd).st_mode
             if mode & stat.S_ISGID:
-                os.chmod(str(inode.fd), stat.S_IMODE(mode) & ~stat.S_ISGID,
+                os.chmod(str(fd), stat.S_IMODE(mode) & ~stat.S_ISGID,
                          dir_fd=self._state.proc_self_fd)
         return EMPTY
 
     @hookimpl
     def virtiofsd_fuse_removexattr(self, req: Any, nodeid: int, name: bytes) -> Any:
-        os.removexattr(self._path(nodeid), self._host_name(req, name))
+        host_name = self._host_name(req, name)
+        with self._magic_link(nodeid) as path:
+            os.removexattr(path, host_name)
         return EMPTY
 
 
@@ -138,7 +148,8 @@ class CapabilityGuard:
                 raise
 
     def _drop_from_node(self, nodeid: int) -> None:
-        self._drop(self._state.magic_link_path(self._state.inodes.get(nodeid).fd))
+        fd = self._state.inodes.get(nodeid).fd  # held until the call is done (see _magic_link)
+        self._drop(self._state.magic_link_path(fd))
 
     @hookimpl(wrapper=True)
     def virtiofsd_fuse_write(self, nodeid: int, fh: int) -> Generator[None, Any, Any]:

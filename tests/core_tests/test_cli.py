@@ -111,15 +111,22 @@ def test_translation_is_refused_with_posix_acl(base):
         parse(*base, "--translate-uid", "map:0:1000:1", "--posix-acl")
 
 
-@pytest.mark.parametrize("value", ["prefer", "mandatory", "fallback"])
-def test_file_handle_stores_not_installed_are_refused(base, value):
-    with pytest.raises(ConfigError, match=f"--inode-file-handles={value}"):
-        parse(*base, f"--inode-file-handles={value}")
+@pytest.mark.parametrize("value, name", [("never", "never"), ("prefer", "prefer"),
+                                         ("fallback", "prefer"), ("mandatory", "mandatory")])
+def test_inode_file_handles_selects_the_entry_point(base, value, name):
+    config, _ = parse(*base, f"--inode-file-handles={value}")
+    assert config.inode_file_handles == name
 
 
-def test_never_inode_store_is_accepted(base):
-    config, _ = parse(*base, "--inode-file-handles=never")
-    assert config.inode_file_handles == "never"
+def test_inode_file_handles_defaults_to_prefer_as_in_rust(base):
+    config, fallbacks = parse(*base)
+    assert config.inode_file_handles == "prefer"
+    assert not any("file handles" in note for note in fallbacks)
+
+
+def test_unknown_inode_file_handles_value_is_refused(base):
+    with pytest.raises(ConfigError, match="--inode-file-handles=always"):
+        parse(*base, "--inode-file-handles=always")
 
 
 def test_implemented_options(base):

@@ -146,8 +146,9 @@ def test_held_inodes_and_handles_carry_on_at_the_destination(ours, share, mode):
 
 def test_find_paths_falls_back_to_a_search_of_the_shared_folder(ours, share):
     """The name the guest used is gone (its /proc/self/fd link reads "... (deleted)"), but the
-    inode has another name in the folder: the walk finds it."""
-    with ours(share) as source, ours(share) as destination:
+    inode has another name in the folder: the walk finds it.  The source holds descriptors
+    (``never``): a handle-backed inode's link is made afresh and names the surviving alias."""
+    with ours(share, "--inode-file-handles=never") as source, ours(share) as destination:
         client = source.connect()
         held = hold_files(client)
         (share / "elsewhere").mkdir()

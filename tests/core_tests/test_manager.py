@@ -65,5 +65,5 @@ def test_loading_one_entry_point_registers_it_under_its_qualified_name():
 
 def test_unknown_entry_point_names_the_installed_ones():
     pm = make_plugin_manager(load_entry_points=False)
-    with pytest.raises(ConfigError, match="available: never"):
+    with pytest.raises(ConfigError, match="available: mandatory, never, prefer"):
         load_entry_point(pm, GROUP_INODE_STORE, "nonsense")

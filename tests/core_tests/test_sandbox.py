@@ -167,7 +167,8 @@ def test_none_keeps_the_host_root(started, share):
 
 @pytest.mark.parametrize("sandbox", ["namespace", "none"])
 def test_capability_sets_are_exactly_the_documented_ones(started, kind, share, sandbox):
-    with started(kind, share, "--sandbox", sandbox) as session:
+    """Without file handles (with them CAP_DAC_READ_SEARCH is added: tested below)."""
+    with started(kind, share, "--sandbox", sandbox, "--inode-file-handles=never") as session:
         lines = status(serving_pid(session.process.pid))
     expected = mask(DOCUMENTED)
     assert {name: int(lines[name], 16) for name in ("CapEff", "CapPrm", "CapBnd", "CapInh")} \
@@ -175,7 +176,8 @@ def test_capability_sets_are_exactly_the_documented_ones(started, kind, share, s
 
 
 def test_modcaps_adjusts_the_kept_set(started, kind, share):
-    with started(kind, share, "--modcaps=+sys_admin:-mknod") as session:
+    with started(kind, share, "--modcaps=+sys_admin:-mknod",
+                 "--inode-file-handles=never") as session:
         lines = status(serving_pid(session.process.pid))
     expected = mask(DOCUMENTED - {"mknod"} | {"sys_admin"})
     for name in ("CapEff", "CapPrm"):
@@ -185,10 +187,17 @@ def test_modcaps_adjusts_the_kept_set(started, kind, share):
 def test_file_handles_keep_dac_read_search_and_cannot_lose_it():
     handles = Config(shared_dir="/", inode_file_handles="prefer")
     assert kept_capabilities(handles) == DEFAULT_CAPABILITIES | {"dac_read_search"}
-    assert kept_capabilities(Config(shared_dir="/")) == DEFAULT_CAPABILITIES
+    assert kept_capabilities(Config(shared_dir="/", inode_file_handles="never")) \
+        == DEFAULT_CAPABILITIES
     with pytest.raises(ConfigError, match="cannot remove dac_read_search"):
         kept_capabilities(Config(shared_dir="/", inode_file_handles="mandatory",
                                  modcaps="-dac_read_search"))
+
+
+def test_the_default_file_handle_store_keeps_dac_read_search(started, share):
+    with started("ours", share) as session:
+        lines = status(serving_pid(session.process.pid))
+    assert int(lines["CapEff"], 16) == mask(DOCUMENTED | {"dac_read_search"})
 
 
 def test_a_plugin_may_ask_for_a_capability():

@@ -1,0 +1,23 @@
+"""``--inode-file-handles=mandatory``: every inode is a file handle, never a descriptor.
+
+The daemon refuses to start when a handle of the shared folder cannot be made and opened again
+(no CAP_DAC_READ_SEARCH, a file system without export support), and a lookup of an inode on a
+file system that cannot make handles fails with that error (EOPNOTSUPP) instead of costing a
+descriptor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtiofsd import hookimpl
+from virtiofsd_plugins.inode_handles.store import HandleUse, InodeStore
+
+
+@hookimpl
+def virtiofsd_make_inode_store(config: Any) -> InodeStore:
+    """A store of file handles only.
+
+    :raises ConfigError: the shared folder cannot be opened, or file handles do not work on it.
+    """
+    return InodeStore.open_shared_dir(config.shared_dir, HandleUse.MANDATORY)
