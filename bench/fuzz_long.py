@@ -1,6 +1,12 @@
 """The long fuzzing run of the FUSE decoder and the split-ring walker.
 
     python bench/fuzz_long.py [--inputs 1000000] [--seed 1] [--ring-share 0.3]
+                              [--backend memfs|passthrough --share DIR]
+
+With ``--backend passthrough`` the requests reach the real passthrough file system over DIR,
+whose content is deleted and recreated as the run goes; make it a small tmpfs, as root::
+
+    mkdir -p /tmp/fuzzshare && mount -t tmpfs -o size=64m,nr_inodes=20000 tmpfs /tmp/fuzzshare
 
 Draws inputs from the mutators of ``tests/fuzz/targets.py`` with a seeded ``random.Random``
 (so a crash is reproduced by its seed and input number) and feeds them straight to the targets:
@@ -31,6 +37,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ring-share", type=float, default=0.3)
     parser.add_argument("--report-every", type=int, default=100_000)
+    parser.add_argument("--backend", choices=("memfs", "passthrough"), default="memfs")
+    parser.add_argument("--share", help="the passthrough backend's folder (a small tmpfs)")
     args = parser.parse_args()
     # The router logs every malformed request (rate-limited); only tracebacks matter here,
     # and the target catches those itself.
@@ -38,7 +46,7 @@ def main() -> int:
     logging.getLogger("virtiofsd").propagate = False
 
     rng = random.Random(args.seed)
-    fuse, ring = FuseTarget(), RingTarget()
+    fuse, ring = FuseTarget(args.backend, args.share), RingTarget()
     crashes: dict[str, int] = {}
     counts = {"fuse": 0, "ring": 0}
     start = time.monotonic()
@@ -63,7 +71,7 @@ def main() -> int:
             print(f"{number} inputs, {sum(crashes.values())} crashing, {rate:.0f}/s", flush=True)
     fuse.close()
     elapsed = time.monotonic() - start
-    print(f"done: {args.inputs} inputs ({counts['fuse']} FUSE requests, {counts['ring']} ring "
+    print(f"done ({args.backend}): {args.inputs} inputs ({counts['fuse']} FUSE requests, {counts['ring']} ring "
           f"layouts) in {elapsed:.0f} s, {sum(crashes.values())} crashing inputs, "
           f"{len(crashes)} distinct crashes")
     for key, count in sorted(crashes.items()):

@@ -83,7 +83,8 @@ class DirOps:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
         with thread_credentials(req.uid, req.gid, req.supplementary_groups):
-            os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_inode.fd)
+            # The guest's u32 mode as the kernel's 16-bit umode_t (os.mknod takes a C int).
+            os.mknod(name, mode & 0xFFFF, decode_rdev(rdev), dir_fd=parent_inode.fd)
         return self._state.lookup(req, parent_inode, name)
 
     @hookimpl

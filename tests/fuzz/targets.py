@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import struct
 
 from fakes.memfs import MemFs
@@ -49,6 +50,15 @@ INTERESTING_64 = INTERESTING_32 + ((1 << 63) - 1, 1 << 63, (1 << 64) - 1)
 
 class Crash(AssertionError):
     """The code under test misbehaved on an input (see the module docstring)."""
+
+
+def _empty(folder: str) -> None:
+    """Remove everything in ``folder`` (what the previous round of inputs created)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 class _TracebackCatcher(logging.Handler):
@@ -134,7 +144,7 @@ def encode_request(opcode: int, nodeid: int, args: bytes, *, unique: int = 2,
     total = abi.IN_HEADER.size + len(args) + len(extensions)
     header = abi.IN_HEADER.pack(
         (total if length is None else length) & 0xFFFFFFFF, opcode & 0xFFFFFFFF, unique,
-        nodeid & ((1 << 64) - 1), 1000, 1000, 77,
+        nodeid & ((1 << 64) - 1), 0, 0, 77,
         (len(extensions) // 8 if extlen is None else extlen) & 0xFFFF, 0)
     return header + args + extensions
 
@@ -204,25 +214,56 @@ def _mutate_bytes(rng: random.Random, data: bytearray) -> None:
 
 
 class FuseTarget:
-    """A router over the in-memory file system, mounted (INIT done), fed whole requests."""
+    """A router over a file system plugin, mounted (INIT done), fed whole requests.
+
+    ``backend`` is ``"memfs"`` (the in-memory fake: fast, tests the decoder and the router) or
+    ``"passthrough"`` (the real file system over ``share``: hostile values reach system calls).
+    A passthrough share should be a small tmpfs (``bench/fuzz_long.py`` says how): FALLOCATE and
+    sparse writes with fuzzed sizes are real.  ``skip_opcodes`` are answered by nobody (the
+    request is not fed), for a share that cannot take them.
+    """
 
     #: Requests after which the file system starts afresh, so its tables stay small.
     RESET_EVERY = 2000
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "memfs", share: str | None = None,
+                 skip_opcodes: frozenset[int] = frozenset()) -> None:
+        if backend not in ("memfs", "passthrough") or (backend == "passthrough") != bool(share):
+            raise ValueError(f"backend {backend!r} with share {share!r}")
+        self.backend = backend
+        self.share = share
+        self.skip_opcodes = skip_opcodes
         self._catcher = _TracebackCatcher()
         logger = logging.getLogger("virtiofsd")
         logger.addHandler(self._catcher)
         self._logger = logger
+        self._pm = None
         self._fresh()
 
     def close(self) -> None:
+        self._unconfigure()
         self._logger.removeHandler(self._catcher)
 
+    def _unconfigure(self) -> None:
+        if self._pm is not None and self.backend == "passthrough":
+            self._pm.hook.virtiofsd_unconfigure(config=self._config)
+        self._pm = None
+
     def _fresh(self) -> None:
-        self.memfs = MemFs()
-        pm = make_plugin_manager(load_entry_points=False, plugins=[self.memfs])
-        self.router = FuseRouter(pm, Config(shared_dir="/srv"))
+        self._unconfigure()
+        if self.backend == "memfs":
+            self._config = Config(shared_dir="/srv")
+            self._pm = make_plugin_manager(load_entry_points=False, plugins=[MemFs()])
+        else:
+            from virtiofsd.config import Sandbox
+            from virtiofsd_plugins.inode_handles import never
+            from virtiofsd_plugins.passthrough import plugin
+
+            _empty(self.share)
+            self._config = Config(shared_dir=self.share, sandbox=Sandbox.NONE)
+            self._pm = make_plugin_manager(load_entry_points=False, plugins=[plugin, never])
+            self._pm.hook.virtiofsd_configure(config=self._config, pm=self._pm)
+        self.router = FuseRouter(self._pm, self._config)
         self.served = 0
         self._mount()
 
@@ -234,6 +275,8 @@ class FuseTarget:
 
     def feed(self, request: bytes, cuts: list[int], writable_sizes: list[int]) -> int:
         """Serve one request cut into readable buffers at ``cuts``; check the reply."""
+        if len(request) >= 8 and struct.unpack_from("<I", request, 4)[0] in self.skip_opcodes:
+            return 0
         self.served += 1
         if self.served > self.RESET_EVERY:
             self._fresh()
