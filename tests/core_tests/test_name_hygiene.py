@@ -101,40 +101,62 @@ BAD_NAMES = {
 
 
 @pytest.fixture
-def name_targets(workdir, outside: Path) -> Iterator[dict[str, tuple[int, int, int, int]]]:
+def name_targets(workdir, outside: Path) -> dict[str, tuple[int, int, int, int]]:
     """Things a request with a bad name could hit: a file and a folder named like the share's
-    neighbours; the whole tree around the share must be unchanged afterwards."""
+    neighbours.  Returns the snapshot of the whole tree around the share, which the test
+    compares afterwards."""
     (workdir.host / "existing").write_bytes(b"x")
     (workdir.host / "a").mkdir()
     (workdir.host / "a" / "b").mkdir()
-    before = snapshot(workdir.session.shared_dir.parent)
-    yield before
+    return snapshot(workdir.session.shared_dir.parent)
+
+
+#: What the Rust daemon does instead (1.13, --sandbox none; measured by these very tests).
+RUST_DIES = "the Rust daemon stops answering (the connection ends) on a name without its NUL " \
+            "or with one inside; ours answers EINVAL"
+RUST_DIFFERS = "the Rust daemon uses the name as a path (a/b, ../x and /x reach other folders, " \
+               ". and .. get EEXIST/EISDIR/EBUSY); ours refuses it with EINVAL"
+
+
+def expect_reference_shortfall(request, workdir, opcode: int, name: str) -> None:
+    """On the Rust daemon, mark the cases where it falls short (see docs/hostile-input.md):
+    skipped when it dies (a dead reference costs a timeout and a restart), strict xfail
+    otherwise, so that a Rust release that fixes them is noticed."""
+    if workdir.kind != "rust" or name == "empty" or (opcode == Opcode.RMDIR and name == "dot"):
+        return
+    creating = (Opcode.MKDIR, Opcode.MKNOD, Opcode.CREATE, Opcode.SYMLINK)
+    if name == "no-nul" or (name == "nul-inside" and opcode not in creating):
+        pytest.skip(RUST_DIES)
+    request.applymarker(pytest.mark.xfail(strict=True, reason=RUST_DIFFERS))
+
+
+def assert_refused_and_unchanged(request, workdir, before, opcode: int, name: str,
+                                 role: str = "new") -> None:
+    expect_reference_shortfall(request, workdir, opcode, name)
+    raw, expected = BAD_NAMES[name]
+    nodeid, body = name_request(opcode, workdir, raw, role)
+    assert workdir.client.request(opcode, nodeid, body, REPLY) == (expected, b"")
     assert snapshot(workdir.session.shared_dir.parent) == before
 
 
 @pytest.mark.parametrize("name", list(BAD_NAMES))
 @pytest.mark.parametrize("opcode", NAME_OPCODES, ids=lambda opcode: Opcode(opcode).name)
 def test_bad_new_names_are_refused_and_change_nothing(
-    workdir, name_targets, opcode: int, name: str
+    request, workdir, name_targets, opcode: int, name: str
 ) -> None:
-    raw, expected = BAD_NAMES[name]
-    nodeid, body = name_request(opcode, workdir, raw)
-    assert workdir.client.request(opcode, nodeid, body, REPLY) == (expected, b"")
+    assert_refused_and_unchanged(request, workdir, name_targets, opcode, name)
 
 
 @pytest.mark.parametrize("name", ["dot", "dotdot", "slash", "climbing", "empty"])
 @pytest.mark.parametrize("opcode", [Opcode.RENAME, Opcode.RENAME2], ids=["RENAME", "RENAME2"])
-def test_bad_old_names_in_rename_are_refused(workdir, name_targets, opcode: int, name: str) -> None:
-    raw, expected = BAD_NAMES[name]
-    nodeid, body = name_request(opcode, workdir, raw, role="old")
-    assert workdir.client.request(opcode, nodeid, body, REPLY) == (expected, b"")
+def test_bad_old_names_in_rename_are_refused(request, workdir, name_targets, opcode: int,
+                                             name: str) -> None:
+    assert_refused_and_unchanged(request, workdir, name_targets, opcode, name, role="old")
 
 
 @pytest.mark.parametrize("name", ["slash", "climbing", "absolute", "empty", "nul-inside", "no-nul"])
-def test_bad_lookup_names_are_refused(workdir, name_targets, name: str) -> None:
-    raw, expected = BAD_NAMES[name]
-    nodeid, body = name_request(Opcode.LOOKUP, workdir, raw)
-    assert workdir.client.request(Opcode.LOOKUP, nodeid, body, REPLY) == (expected, b"")
+def test_bad_lookup_names_are_refused(request, workdir, name_targets, name: str) -> None:
+    assert_refused_and_unchanged(request, workdir, name_targets, Opcode.LOOKUP, name)
 
 
 def test_dotdot_lookup_at_the_root_stays_at_the_root(workdir) -> None:
