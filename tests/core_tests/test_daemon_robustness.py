@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, Opcode
-from virtiofsd.testing import FuseClient, RawDescriptor, VhostUserFrontend
+from virtiofsd.testing import BackendProtocolError, FuseClient, RawDescriptor, VhostUserFrontend
 from virtiofsd.testing.driver_ring import VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE
 from virtiofsd.testing.fuse_client import parse_entry
 from virtiofsd.vhost_user import messages as vu
@@ -481,4 +481,142 @@ def test_broken_vhost_user_message_ends_the_connection_cleanly(
         log = session.log_text()
         assert status != 0, "a connection ended by a protocol error is no clean exit"
         assert re.search(r"ERROR .*vhost-user protocol error.*" + what, log), log
+        assert "Traceback" not in log, log
+
+
+def _too_many_fds(frontend: VhostUserFrontend) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        frontend.send(Req.SET_FEATURES, vu.encode_u64(0), [read_end, write_end, read_end])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_too_many_fds_end_the_connection_cleanly(start_daemon, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    with start_daemon(share, connect_client=False) as session:
+        with VhostUserFrontend.connect(session.socket_path) as frontend:
+            frontend.negotiate()
+            _too_many_fds(frontend)
+            assert frontend.wait_for_disconnect(timeout=5.0)
+        assert session.process.wait(5) != 0
+        log = session.log_text()
+        assert re.search(r"ERROR .*vhost-user protocol error.*SET_FEATURES: carries 3 file "
+                         r"descriptors, expected 0", log), log
+        assert "Traceback" not in log, log
+
+
+# -- refused vhost-user requests: a failure ack, a clear log line, the connection goes on ----------
+
+MIB = 1 << 20
+FRONTEND_BASE = 0x7F00_0000_0000
+
+
+def memfd(size: int) -> int:
+    fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _overlapping_regions(frontend: VhostUserFrontend) -> None:
+    fds = [memfd(MIB), memfd(MIB)]
+    regions = [vu.MemoryRegion(0, MIB, FRONTEND_BASE, 0),
+               vu.MemoryRegion(MIB // 2, MIB, FRONTEND_BASE + 2 * MIB, 0)]
+    try:
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _unmappable_region(frontend: VhostUserFrontend) -> None:
+    """Guest RAM that is not shared memory: a pipe stands for an fd that cannot be mapped."""
+    read_end, write_end = os.pipe()
+    try:
+        regions = [vu.MemoryRegion(0, MIB, FRONTEND_BASE, 0)]
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [read_end])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _region_larger_than_its_fd(frontend: VhostUserFrontend) -> None:
+    fd = memfd(MIB)
+    try:
+        regions = [vu.MemoryRegion(0, 16 * MIB, FRONTEND_BASE, 0)]
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [fd])
+    finally:
+        os.close(fd)
+
+
+def _one_mib_of_memory(frontend: VhostUserFrontend) -> None:
+    fd = memfd(MIB)
+    try:
+        regions = [vu.MemoryRegion(0, MIB, FRONTEND_BASE, 0)]
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [fd])
+    finally:
+        os.close(fd)
+    frontend.request(Req.SET_VRING_NUM, vu.encode_vring_state(1, 256))
+
+
+def _ring_outside_guest_memory(frontend: VhostUserFrontend) -> None:
+    _one_mib_of_memory(frontend)
+    outside = FRONTEND_BASE + 64 * MIB
+    frontend.request(Req.SET_VRING_ADDR, vu.encode_vring_addr(
+        vu.VringAddr(1, 0, outside, outside + 4096, outside + 8192, 0)))
+
+
+def _ring_straddling_the_end_of_memory(frontend: VhostUserFrontend) -> None:
+    """Each ring starts inside memory, the available ring runs past its end: refused when the
+    ring would start."""
+    _one_mib_of_memory(frontend)
+    end = FRONTEND_BASE + MIB
+    frontend.request(Req.SET_VRING_ADDR, vu.encode_vring_addr(
+        vu.VringAddr(1, 0, end - 3 * 4096, end - 2 * 4096, end - 64, 0)))
+    kick = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        frontend.request(Req.SET_VRING_KICK, vu.encode_vring_fd_payload(1), [kick])
+    finally:
+        os.close(kick)
+
+
+def _ring_addresses_before_memory(frontend: VhostUserFrontend) -> None:
+    frontend.request(Req.SET_VRING_ADDR, vu.encode_vring_addr(
+        vu.VringAddr(1, 0, FRONTEND_BASE, FRONTEND_BASE + 4096, FRONTEND_BASE + 8192, 0)))
+
+
+@pytest.mark.parametrize(
+    "refused, what",
+    [
+        (_overlapping_regions, r"SET_MEM_TABLE: .*overlaps"),
+        (_unmappable_region, r"SET_MEM_TABLE: cannot map memory region.*share=on"),
+        (_region_larger_than_its_fd, r"SET_MEM_TABLE: .*fd is 0x100000 bytes.*share=on"),
+        (_ring_outside_guest_memory, r"SET_VRING_ADDR: ring 1: .*not in any memory region"
+                                     r".*share=on"),
+        (_ring_straddling_the_end_of_memory, r"SET_VRING_KICK: ring 1 cannot start: virtqueue "
+                                             r"rings are not in guest memory"),
+        (_ring_addresses_before_memory, r"SET_VRING_ADDR: ring addresses given before any "
+                                        r"memory table.*memory-backend-memfd"),
+    ],
+    ids=["overlapping-regions", "unmappable-region", "region-larger-than-fd", "ring-outside",
+         "ring-straddling-the-end", "ring-before-memory"],
+)
+def test_refused_vhost_user_request_is_logged_and_the_connection_goes_on(
+    start_daemon, tmp_path: Path, refused, what: str
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    with start_daemon(share, connect_client=False) as session:
+        with VhostUserFrontend.connect(session.socket_path) as frontend:
+            frontend.negotiate()
+            assert frontend.reply_ack
+            frontend.set_features(frontend.offered_features)
+            with pytest.raises(BackendProtocolError, match="was refused"):
+                refused(frontend)
+            assert frontend.query_u64(Req.GET_FEATURES) == frontend.offered_features
+            assert session.process.poll() is None
+        log = session.log_text()
+        assert re.search(r"ERROR .*refusing front-end request " + what, log), log
         assert "Traceback" not in log, log
