@@ -128,6 +128,9 @@ class EntryOps:
         try:
             proc_name = str(inode.fd)
             if valid & abi.FATTR_MODE:
+                # Only the permission bits count (the kernel masks them so); the guest's u32
+                # would not even fit the C int os.chmod takes.
+                mode &= 0o7777
                 if handle is not None:
                     os.fchmod(handle.fd, mode)
                 else:

@@ -32,6 +32,7 @@ from virtiofsd_plugins.passthrough.state import PassthroughState
 MAX_RW_COUNT = 0x7FFFF000
 _MAX_OFFSET = (1 << 63) - 1
 
+_WHENCES = frozenset((os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE))
 
 class FileOps:
     """The open-file operations of one passthrough file system."""
@@ -145,6 +146,8 @@ class FileOps:
         handle = self._handles.get(fh, nodeid)
         if not 0 <= offset <= _MAX_OFFSET:
             raise FuseError(errno.EINVAL, f"lseek offset {offset} out of range")
+        if whence not in _WHENCES:  # the kernel's answer, before a u32 overflows os.lseek
+            raise FuseError(errno.EINVAL, f"lseek whence {whence}")
         with handle.lock:
             return LseekReply(os.lseek(handle.fd, offset, whence))
 

@@ -74,13 +74,16 @@ def test_mutated_requests_get_a_well_formed_answer(fuse_target, seed) -> None:
 @pytest.mark.parametrize("opcode, nodeid, args", FUSE_SEEDS,
                          ids=[str(seed[0]) for seed in FUSE_SEEDS])
 def test_every_argument_slot_at_its_extremes(fuse_target, opcode, nodeid, args) -> None:
-    """Each 32-bit slot of a well-formed argument block, in turn, set to the values no guest
+    """Each 32- and 64-bit slot of a well-formed argument block, in turn, set to values no guest
     kernel sends: this reaches the plugin with absurd sizes, flags and modes (a u32 open flag
     with bit 31 set once made the passthrough plugin raise OverflowError)."""
-    for slot in range(len(args) // 4):
-        for value in (0x7FFFFFFF, 0x80000000, 0xFFFFFFFF):
+    fuse_target.reset()  # node 2 and handle 1 exist again, whatever earlier inputs did
+    edges = [("<I", 4, value) for value in (0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)]
+    edges += [("<Q", 8, value) for value in (1 << 63, (1 << 64) - 1)]
+    for layout, width, value in edges:
+        for slot in range(len(args) // width):
             block = bytearray(args)
-            struct.pack_into("<I", block, 4 * slot, value)
+            struct.pack_into(layout, block, width * slot, value)
             request = encode_request(opcode, nodeid, bytes(block))
             fuse_target.feed(request, [abi.IN_HEADER.size], [16, 4096])
 

@@ -238,7 +238,7 @@ class FuseTarget:
         logger.addHandler(self._catcher)
         self._logger = logger
         self._pm = None
-        self._fresh()
+        self.reset()
 
     def close(self) -> None:
         self._unconfigure()
@@ -249,7 +249,8 @@ class FuseTarget:
             self._pm.hook.virtiofsd_unconfigure(config=self._config)
         self._pm = None
 
-    def _fresh(self) -> None:
+    def reset(self) -> None:
+        """Start afresh: a new file system (emptied share), mounted, with node 2 and handle 1."""
         self._unconfigure()
         if self.backend == "memfs":
             self._config = Config(shared_dir="/srv")
@@ -268,10 +269,15 @@ class FuseTarget:
         self._mount()
 
     def _mount(self) -> None:
+        """INIT, then give the seeds something to act on: node 2 an open file (handle 1)."""
         init = encode_request(*FUSE_SEEDS[[seed[0] for seed in FUSE_SEEDS].index(Op.INIT)])
         self.feed(init, [], [16, 4096])
         if not self.router.session.initialized:
             raise Crash("the seed INIT did not start a session")
+        self.feed(encode_request(Op.CREATE, abi.ROOT_ID, abi.CREATE_IN.pack(
+            os.O_RDWR | os.O_CREAT, 0o644, 0, 0) + _name(b"file")), [], [16, 4096])
+        self.feed(encode_request(Op.MKDIR, abi.ROOT_ID, abi.MKDIR_IN.pack(0o755, 0)
+                                 + _name(b"a")), [], [16, 4096])
 
     def feed(self, request: bytes, cuts: list[int], writable_sizes: list[int]) -> int:
         """Serve one request cut into readable buffers at ``cuts``; check the reply."""
@@ -279,7 +285,7 @@ class FuseTarget:
             return 0
         self.served += 1
         if self.served > self.RESET_EVERY:
-            self._fresh()
+            self.reset()
         edges = [0, *cuts, len(request)]
         readable = [memoryview(bytearray(request[lo:hi])) for lo, hi in zip(edges, edges[1:])
                     if hi > lo]
