@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from virtiofsd import __version__
 from virtiofsd.config import CacheMode, Config, Sandbox, Seccomp
 from virtiofsd.errors import ConfigError
+from virtiofsd.idmap import parse_translation
 from virtiofsd.manager import GROUP_INODE_STORE, entry_point_names
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ NOT_YET = {
     "killpriv_v2": "KILLPRIV_V2",
     "uid_map": "user-namespace id maps",
     "gid_map": "user-namespace id maps",
-    "translate_uid": "uid translation",
-    "translate_gid": "gid translation",
     "migration_mode": "live migration",
     "migration_on_error": "live migration",
     "migration_verify_handles": "live migration",
@@ -270,6 +269,9 @@ def _resolve_mode(value: str | None, default: Any, implemented: set, option: str
 def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     """Validate parsed arguments; returns the config and the defaults that fell back."""
     apply_compat_options(args, args.compat_options)
+    if (args.translate_uid or args.translate_gid) and args.posix_acl:
+        raise ConfigError("--translate-uid and --translate-gid cannot be used with --posix-acl: "
+                          "ACLs name host ids the guest would see untranslated")
     _refuse_unimplemented(args)
     fallbacks: list[str] = []
     if args.socket_deprecated and not args.socket_path:
@@ -296,6 +298,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     seccomp = _resolve_mode(args.seccomp, Seccomp.KILL, IMPLEMENTED_SECCOMP, "seccomp",
                             Seccomp.NONE, fallbacks, "the seccomp filter")
     inode_store = _resolve_inode_store(args, fallbacks)
+    parse_translation(args.translate_uid or (), "uid")
+    parse_translation(args.translate_gid or (), "gid")
     log_level = "debug" if args.debug else (args.log_level or "info")
     config = Config(
         shared_dir=shared_dir,
@@ -318,6 +322,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         log_level=log_level,
         syslog=args.syslog,
         extra_plugins=tuple(args.plugins),
+        translate_uid=tuple(args.translate_uid or ()),
+        translate_gid=tuple(args.translate_gid or ()),
     )
     return config, fallbacks
 

@@ -22,7 +22,6 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse.dirents import DirentBuffer
 from virtiofsd.fuse.replies import EMPTY
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import thread_credentials
 from virtiofsd.sys.dirents64 import Dirent64, parse_dirents64
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
@@ -73,7 +72,7 @@ class DirOps:
                              umask: int) -> Any:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
-        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+        with self._state.ids.acting_as_caller(req):
             os.mkdir(name, mode & 0o7777, dir_fd=parent_inode.fd)
         return self._state.lookup(req, parent_inode, name)
 
@@ -82,7 +81,7 @@ class DirOps:
                              umask: int) -> Any:
         check_new_name(name)
         parent_inode = self._inodes.get(parent)
-        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+        with self._state.ids.acting_as_caller(req):
             # The guest's u32 mode as the kernel's 16-bit umode_t (os.mknod takes a C int).
             os.mknod(name, mode & 0xFFFF, decode_rdev(rdev), dir_fd=parent_inode.fd)
         return self._state.lookup(req, parent_inode, name)
@@ -93,7 +92,7 @@ class DirOps:
         if b"\0" in target:
             raise FuseError(errno.EINVAL, "symlink target holds a NUL byte")
         parent_inode = self._inodes.get(parent)
-        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+        with self._state.ids.acting_as_caller(req):
             os.symlink(target, name, dir_fd=parent_inode.fd)
         return self._state.lookup(req, parent_inode, name)
 

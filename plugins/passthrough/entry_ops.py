@@ -104,7 +104,8 @@ class EntryOps:
 
     @hookimpl
     def virtiofsd_fuse_getattr(self, req: Any, nodeid: int, fh: int | None) -> Any:
-        return AttrReply(os.stat(self._inodes.get(nodeid).fd), self._timeout)
+        return AttrReply(self._state.ids.guest_view(os.stat(self._inodes.get(nodeid).fd)),
+                         self._timeout)
 
     @hookimpl
     def virtiofsd_fuse_setattr(self, req: Any, nodeid: int, valid: int, fh: int | None, mode: int,
@@ -122,6 +123,8 @@ class EntryOps:
         handle = state.handles.get(fh, nodeid) if fh is not None else None
         if valid & abi.FATTR_SIZE and not 0 <= size <= MAX_OFFSET:
             raise FuseError(errno.EINVAL, f"size {size} out of range")
+        host_uid, host_gid = state.ids.owner_to_host(uid if valid & abi.FATTR_UID else None,
+                                                     gid if valid & abi.FATTR_GID else None)
         truncate_fd = -1
         if valid & abi.FATTR_SIZE and handle is None:
             truncate_fd = state.reopen(inode, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -137,8 +140,8 @@ class EntryOps:
                     os.chmod(proc_name, mode, dir_fd=state.proc_self_fd)
             if valid & _OWNER_BITS:
                 ffi.fchownat(inode.fd, b"",
-                             uid if valid & abi.FATTR_UID else ffi.UNCHANGED,
-                             gid if valid & abi.FATTR_GID else ffi.UNCHANGED,
+                             ffi.UNCHANGED if host_uid is None else host_uid,
+                             ffi.UNCHANGED if host_gid is None else host_gid,
                              ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW)
             if valid & abi.FATTR_SIZE:
                 os.ftruncate(handle.fd if handle is not None else truncate_fd, size)
@@ -152,7 +155,7 @@ class EntryOps:
         finally:
             if truncate_fd >= 0:
                 os.close(truncate_fd)
-        return AttrReply(os.stat(inode.fd), self._timeout)
+        return AttrReply(state.ids.guest_view(os.stat(inode.fd)), self._timeout)
 
     @hookimpl
     def virtiofsd_fuse_readlink(self, req: Any, nodeid: int) -> Any:
@@ -162,7 +165,7 @@ class EntryOps:
     def virtiofsd_fuse_access(self, req: Any, nodeid: int, mask: int) -> Any:
         """Checked in user space against the mode bits, like the Rust daemon, but with POSIX
         class selection (:func:`posix_permits`) where Rust lets any matching class grant."""
-        st = os.stat(self._inodes.get(nodeid).fd)
+        st = self._state.ids.guest_view(os.stat(self._inodes.get(nodeid).fd))
         wanted = mask & (os.R_OK | os.W_OK | os.X_OK)
         if wanted and not posix_permits(st, req.uid, req.gid, req.supplementary_groups, wanted):
             raise FuseError(errno.EACCES)

@@ -23,7 +23,6 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, CreateReply, LseekReply, OpenReply, WriteReply
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import thread_credentials
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
@@ -62,7 +61,7 @@ class FileOps:
         host_flags = (state.host_open_flags(flags, req.session.flags)
                       | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
         try:
-            with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+            with self._state.ids.acting_as_caller(req):
                 fd = os.open(name, host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
         except FileExistsError:
             if flags & os.O_EXCL:

@@ -27,6 +27,7 @@ from virtiofsd.fuse.replies import EntryReply, OpenReply
 from virtiofsd.sys import ffi
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
 from virtiofsd_plugins.passthrough.handles import HandleTable
+from virtiofsd_plugins.passthrough.ids import IdMapper
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class PassthroughState:
         self.config = config
         self.inodes = inodes
         self.handles = HandleTable()
+        self.ids = IdMapper.from_config(config)
         self.proc_self_fd = proc_self_fd
         self.timeout = config.timeout
         self.file_open_flags, self.dir_open_flags = _CACHE_OPEN_FLAGS[CacheMode(config.cache)]
@@ -144,7 +146,8 @@ class PassthroughState:
         if (inode.key.dev != parent.key.dev and inode.is_dir and self._announce_submounts
                 and req.session.flags & _SUBMOUNTS):
             attr_flags = abi.ATTR_SUBMOUNT
-        return EntryReply(inode.nodeid, st, self.timeout, self.timeout, 0, attr_flags)
+        return EntryReply(inode.nodeid, self.ids.guest_view(st), self.timeout, self.timeout, 0,
+                          attr_flags)
 
     def reopen(self, inode: Inode, flags: int) -> int:
         """A new descriptor of ``inode`` opened with ``flags`` through its magic link.

@@ -49,7 +49,6 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
     (["--modcaps=+sys_admin"], "--modcaps"),
     (["--allow-mmap"], "--allow-mmap"),
     (["--killpriv-v2"], "--killpriv-v2"),
-    (["--translate-uid", "map:0:1000:1"], "--translate-uid"),
     (["--uid-map", ":0:1000:1:"], "--uid-map"),
     (["--migration-mode", "file-handles"], "--migration-mode"),
     (["--migration-confirm-paths"], "--migration-confirm-paths"),
@@ -61,6 +60,23 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
 def test_unbuilt_options_are_refused_by_name(base, argv, option):
     with pytest.raises(ConfigError, match=option):
         parse(*base, *argv)
+
+
+def test_translations_reach_the_config_in_order(base):
+    config, _ = parse(*base, "--translate-uid", "squash-guest:0:1001:4294967295",
+                      "--translate-uid", "host:1001:1000:1", "--translate-gid", "map:0:100:1")
+    assert config.translate_uid == ("squash-guest:0:1001:4294967295", "host:1001:1000:1")
+    assert config.translate_gid == ("map:0:100:1",)
+
+
+def test_a_bad_translation_is_refused_naming_the_rule(base):
+    with pytest.raises(ConfigError, match="--translate-gid 'map:0:100': map takes 3 numbers"):
+        parse(*base, "--translate-gid", "map:0:100")
+
+
+def test_translation_is_refused_with_posix_acl(base):
+    with pytest.raises(ConfigError, match="cannot be used with --posix-acl"):
+        parse(*base, "--translate-uid", "map:0:1000:1", "--posix-acl")
 
 
 @pytest.mark.parametrize("value", ["prefer", "mandatory", "fallback"])
