@@ -1,6 +1,7 @@
 """What the hostile-guest test modules share: error capture, host snapshots, a victim folder
 beside the share.  Imported by ``test_daemon_robustness.py``, ``test_name_hygiene.py`` and
-``test_cve_regressions.py`` (``outside`` is a fixture: import it by name to use it)."""
+``test_cve_regressions.py`` (``outside`` and the autouse ``still_serving`` are fixtures: a module
+imports them by name to use them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from virtiofsd.fuse.abi import ROOT_ID
 from virtiofsd.testing import FuseReplyError
+
+@pytest.fixture(autouse=True)
+def still_serving(workdir) -> Iterator[None]:
+    """After the test: the daemon is alive and serves the root; ours logged no traceback (the
+    Rust daemon's log is not ours to judge)."""
+    yield
+    session = workdir.session
+    assert session.process.poll() is None, session.log_text()[-3000:]
+    assert workdir.client.getattr(ROOT_ID).attr.ino == os.stat(session.shared_dir).st_ino
+    if workdir.kind == "ours":
+        assert "Traceback" not in session.log_text(), session.log_text()[-3000:]
+
 
 #: Room for any reply these tests expect.
 REPLY = 256

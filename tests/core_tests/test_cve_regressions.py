@@ -18,23 +18,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from virtiofsd.fuse.abi import ROOT_ID
 
-from hostile_helpers import fuse_error, outside, snapshot  # noqa: F401 (a fixture)
+from hostile_helpers import (fuse_error, outside, snapshot,  # noqa: F401 (fixtures)
+                             still_serving)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes and acting "
                                 "as other users needs root")
-
-
-@pytest.fixture(autouse=True)
-def still_serving(workdir) -> Iterator[None]:
-    yield
-    assert workdir.session.process.poll() is None, workdir.session.log_text()[-3000:]
-    assert workdir.client.getattr(ROOT_ID).attr.ino == os.stat(workdir.session.shared_dir).st_ino
 
 
 # -- CVE-2026-47243 --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ outside the share, and nothing the request did not name, was touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -31,22 +32,12 @@ from virtiofsd.testing.fuse_client import parse_entry
 from virtiofsd.vhost_user import messages as vu
 from virtiofsd.vhost_user.messages import FrontendRequest as Req
 
-from hostile_helpers import REPLY, fuse_error, snapshot
+from hostile_helpers import REPLY, fuse_error, snapshot, still_serving  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
 def daemon_kind() -> str:
     return "ours"
-
-
-@pytest.fixture(autouse=True)
-def still_serving(workdir) -> Iterator[None]:
-    """After the test: the daemon is alive, serves the root, and logged no traceback."""
-    yield
-    session = workdir.session
-    assert session.process.poll() is None, session.log_text()[-3000:]
-    assert workdir.client.getattr(ROOT_ID).attr.ino == os.stat(session.shared_dir).st_ino
-    assert "Traceback" not in session.log_text(), session.log_text()[-3000:]
 
 
 # -- lying lengths ---------------------------------------------------------------------------------
@@ -435,6 +426,18 @@ def test_many_hostile_chains_in_a_row_leave_the_ring_working(workdir) -> None:
 # -- vhost-user messages ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def raw_frontend(start_daemon, tmp_path: Path) -> Iterator[tuple[object, VhostUserFrontend]]:
+    """Our daemon on an empty share and a front-end that has negotiated (features, owner) and
+    nothing more: the test sends the rest by hand."""
+    share = tmp_path / "share"
+    share.mkdir()
+    with start_daemon(share, connect_client=False) as session:
+        with VhostUserFrontend.connect(session.socket_path) as frontend:
+            frontend.negotiate()
+            yield session, frontend
+
+
 def _broken_payload_size(frontend: VhostUserFrontend) -> None:
     frontend.send(Req.SET_FEATURES, b"\0" * 4)
 
@@ -452,6 +455,15 @@ def _oversized_header(frontend: VhostUserFrontend) -> None:
     frontend.send_raw(vu.encode_header(Req.SET_FEATURES, 0x1, 0xFFFFFFFF))
 
 
+def _too_many_fds(frontend: VhostUserFrontend) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        frontend.send(Req.SET_FEATURES, vu.encode_u64(0), [read_end, write_end, read_end])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def _garbage(frontend: VhostUserFrontend) -> None:
     frontend.send_raw(b"\xff" * 12)
 
@@ -464,48 +476,23 @@ def _garbage(frontend: VhostUserFrontend) -> None:
         (_memory_table_without_fds, r"SET_MEM_TABLE.*file descriptors"),
         (_oversized_header, r"4294967295 bytes"),
         (_garbage, r"version"),
+        (_too_many_fds, r"SET_FEATURES: carries 3 file descriptors, expected 0"),
     ],
-    ids=["wrong-payload-size", "missing-kick-fd", "mem-table-without-fds", "oversized", "garbage"],
+    ids=["wrong-payload-size", "missing-kick-fd", "mem-table-without-fds", "oversized", "garbage",
+         "too-many-fds"],
 )
 def test_broken_vhost_user_message_ends_the_connection_cleanly(
     start_daemon, tmp_path: Path, breakage, what: str
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    with start_daemon(share, connect_client=False) as session:
-        with VhostUserFrontend.connect(session.socket_path) as frontend:
-            frontend.negotiate()
-            breakage(frontend)
-            assert frontend.wait_for_disconnect(timeout=5.0), "the daemon hung up"
+    with raw_frontend(start_daemon, tmp_path) as (session, frontend):
+        breakage(frontend)
+        assert frontend.wait_for_disconnect(timeout=5.0), "the daemon hung up"
         status = session.process.wait(5)
         log = session.log_text()
-        assert status != 0, "a connection ended by a protocol error is no clean exit"
-        assert re.search(r"ERROR .*vhost-user protocol error.*" + what, log), log
-        assert "Traceback" not in log, log
+    assert status != 0, "a connection ended by a protocol error is no clean exit"
+    assert re.search(r"ERROR .*vhost-user protocol error.*" + what, log), log
+    assert "Traceback" not in log, log
 
-
-def _too_many_fds(frontend: VhostUserFrontend) -> None:
-    read_end, write_end = os.pipe()
-    try:
-        frontend.send(Req.SET_FEATURES, vu.encode_u64(0), [read_end, write_end, read_end])
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-def test_too_many_fds_end_the_connection_cleanly(start_daemon, tmp_path: Path) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    with start_daemon(share, connect_client=False) as session:
-        with VhostUserFrontend.connect(session.socket_path) as frontend:
-            frontend.negotiate()
-            _too_many_fds(frontend)
-            assert frontend.wait_for_disconnect(timeout=5.0)
-        assert session.process.wait(5) != 0
-        log = session.log_text()
-        assert re.search(r"ERROR .*vhost-user protocol error.*SET_FEATURES: carries 3 file "
-                         r"descriptors, expected 0", log), log
-        assert "Traceback" not in log, log
 
 
 # -- refused vhost-user requests: a failure ack, a clear log line, the connection goes on ----------
@@ -606,17 +593,13 @@ def _ring_addresses_before_memory(frontend: VhostUserFrontend) -> None:
 def test_refused_vhost_user_request_is_logged_and_the_connection_goes_on(
     start_daemon, tmp_path: Path, refused, what: str
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    with start_daemon(share, connect_client=False) as session:
-        with VhostUserFrontend.connect(session.socket_path) as frontend:
-            frontend.negotiate()
-            assert frontend.reply_ack
-            frontend.set_features(frontend.offered_features)
-            with pytest.raises(BackendProtocolError, match="was refused"):
-                refused(frontend)
-            assert frontend.query_u64(Req.GET_FEATURES) == frontend.offered_features
-            assert session.process.poll() is None
+    with raw_frontend(start_daemon, tmp_path) as (session, frontend):
+        assert frontend.reply_ack
+        frontend.set_features(frontend.offered_features)
+        with pytest.raises(BackendProtocolError, match="was refused"):
+            refused(frontend)
+        assert frontend.query_u64(Req.GET_FEATURES) == frontend.offered_features
+        assert session.process.poll() is None
         log = session.log_text()
-        assert re.search(r"ERROR .*refusing front-end request " + what, log), log
-        assert "Traceback" not in log, log
+    assert re.search(r"ERROR .*refusing front-end request " + what, log), log
+    assert "Traceback" not in log, log

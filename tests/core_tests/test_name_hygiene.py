@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,10 @@ from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, Opcode
 from virtiofsd.testing import FuseReplyError
 
-from hostile_helpers import REPLY, fuse_error, outside, snapshot  # noqa: F401 (a fixture)
+from hostile_helpers import (REPLY, fuse_error, outside, snapshot,  # noqa: F401 (fixtures)
+                             still_serving)
 
 MISSING_NUL = object()
-
-
-@pytest.fixture(autouse=True)
-def still_serving(workdir) -> Iterator[None]:
-    """After the test: the daemon is alive and still serves the root."""
-    yield
-    session = workdir.session
-    assert session.process.poll() is None, session.log_text()[-3000:]
-    assert workdir.client.getattr(ROOT_ID).attr.ino == os.stat(session.shared_dir).st_ino
-    if workdir.kind == "ours":
-        assert "Traceback" not in session.log_text(), session.log_text()[-3000:]
 
 
 
