@@ -71,8 +71,8 @@ def main() -> int:
             print(f"{number} inputs, {sum(crashes.values())} crashing, {rate:.0f}/s", flush=True)
     fuse.close()
     elapsed = time.monotonic() - start
-    print(f"done ({args.backend}): {args.inputs} inputs ({counts['fuse']} FUSE requests, {counts['ring']} ring "
-          f"layouts) in {elapsed:.0f} s, {sum(crashes.values())} crashing inputs, "
+    print(f"done ({args.backend}): {args.inputs} inputs ({counts['fuse']} FUSE requests, "
+          f"{counts['ring']} ring layouts) in {elapsed:.0f} s, {sum(crashes.values())} crashing inputs, "
           f"{len(crashes)} distinct crashes")
     for key, count in sorted(crashes.items()):
         print(f"  {count:8d}  {key}")

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import os
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
