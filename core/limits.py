@@ -3,7 +3,8 @@
 The guest can make the daemon hold one file descriptor per inode it knows, so the default asks
 for min(1,000,000, /proc/sys/fs/nr_open).  When that is refused (the hard limit is lower and we
 lack CAP_SYS_RESOURCE), the default falls back to the hard limit with a warning; an explicit value
-that cannot be set is an error.
+that cannot be set is an error.  A limit in force below :data:`LOW_NOFILE`, however it came
+about, is reported with what to do: it is the first thing a large guest tree runs into.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from virtiofsd.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_CEILING = 1_000_000
+#: Below this many descriptors a guest walking an ordinary tree (a kernel checkout: ~80,000
+#: files) soon gets "Too many open files".
+LOW_NOFILE = 4096
 NR_OPEN_PATH = "/proc/sys/fs/nr_open"
 
 
@@ -31,6 +35,16 @@ def default_target(nr_open_path: str = NR_OPEN_PATH) -> int:
 
 def apply_rlimit_nofile(requested: int | None) -> int:
     """Set RLIMIT_NOFILE per ``--rlimit-nofile``; returns the soft limit in force afterwards."""
+    limit = _set_rlimit_nofile(requested)
+    if limit < LOW_NOFILE:
+        log.warning("only %d file descriptors may be open: the daemon holds one for every file "
+                    "the guest has looked up, so the guest will soon get 'Too many open files'; "
+                    "raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit) and "
+                    "pass --rlimit-nofile, or leave it out to take the hard limit", limit)
+    return limit
+
+
+def _set_rlimit_nofile(requested: int | None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if requested == 0:
         return soft

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import grp
 import logging
 import os
@@ -47,6 +48,17 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(1)
 
 
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _unwritable_socket_folder(socket_path: str, parent: str, err: OSError) -> str:
+    """What to tell a user whose socket folder refuses the socket or its ``.pid`` lock."""
+    return (f"--socket-path {socket_path}: cannot create the socket and its lock file "
+            f"{socket_path}.pid in {parent}: {err.strerror}; the daemon (uid {os.geteuid()}) "
+            "needs a folder it can write, such as /run/user/UID or /tmp, or a listening socket "
+            "passed with --fd")
+
+
 def open_listener(config: Config) -> tuple[socket.socket, PidFile | None]:
     """The listening socket, created as the Rust daemon creates it, and its pid-file lock."""
     if config.fd is not None:
@@ -64,12 +76,17 @@ def open_listener(config: Config) -> tuple[socket.socket, PidFile | None]:
             gid = grp.getgrnam(config.socket_group).gr_gid
         except KeyError:
             raise ConfigError(f"--socket-group {config.socket_group}: no such group") from None
-    pidfile = PidFile(config.socket_path + ".pid")
+    try:
+        pidfile = PidFile(config.socket_path + ".pid")
+    except OSError as err:
+        raise ConfigError(_unwritable_socket_folder(config.socket_path, parent, err)) from err
     previous = os.umask(0o007 if gid is not None else 0o077)
     try:
         listener = listen_at(config.socket_path)
     except OSError as err:
         pidfile.release()
+        if err.errno in _UNWRITABLE:
+            raise ConfigError(_unwritable_socket_folder(config.socket_path, parent, err)) from err
         raise ConfigError(f"--socket-path {config.socket_path}: cannot listen: {err}") from err
     finally:
         os.umask(previous)

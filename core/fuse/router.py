@@ -64,6 +64,7 @@ _WRITE = int(Op.WRITE)
 _INTERRUPT = int(Op.INTERRUPT)
 _OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
 _IN_HEADER_SIZE = codec.IN_HEADER_SIZE
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 def _opcode_name(opcode: int) -> str:
@@ -166,6 +167,11 @@ class FuseRouter:
                                      unique, str(exc))
             return codec.write_error(writable, unique, errno.EINVAL)
         except (FuseError, OSError) as exc:
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._guest_errors.error("%s (unique %d): %s: the daemon is out of file "
+                                         "descriptors; raise --rlimit-nofile (and the hard "
+                                         "limit, ulimit -Hn)", _opcode_name(opcode), unique,
+                                         str(exc))
             return codec.write_error(writable, unique, exc.errno or errno.EIO)
         except Exception:
             log.exception("%s (unique %d) failed", _opcode_name(opcode), unique)

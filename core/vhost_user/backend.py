@@ -53,6 +53,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Appended to every memory-table failure: by far the most common cause is guest RAM that QEMU
+#: did not allocate as shared memory, so it has no fd the daemon can map, or one it cannot map.
+GUEST_MEMORY_HINT = ("guest memory must be shared with virtiofsd: start QEMU with "
+                     "-object memory-backend-memfd,id=mem,size=SIZE,share=on -numa node,memdev=mem "
+                     "(or memory-backend-file with share=on; libvirt: <memoryBacking><source "
+                     "type='memfd'/><access mode='shared'/></memoryBacking>)")
+
 DEFAULT_MAX_MEM_SLOTS = 509
 
 #: Virtio features we offer; LOG_ALL is dirty logging for live migration.
@@ -411,7 +418,7 @@ class VhostUserBackend:
             ]
             table = GuestMemory(mapped)
         except GuestMemoryError as err:
-            raise RequestRefused(str(err)) from err
+            raise RequestRefused(f"{err}; {GUEST_MEMORY_HINT}") from err
         self._memory = table
         logger.debug("memory table: %r", table)
 
@@ -428,7 +435,7 @@ class VhostUserBackend:
                                 region.userspace_addr, region.mmap_offset)
             self._memory = current.with_region(mapped)
         except GuestMemoryError as err:
-            raise RequestRefused(str(err)) from err
+            raise RequestRefused(f"{err}; {GUEST_MEMORY_HINT}") from err
         logger.debug("added memory region %s", mapped.describe())
 
     def _rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
@@ -460,13 +467,14 @@ class VhostUserBackend:
         addr = msg.decode_vring_addr(payload)
         vring = self._vring(addr.index)
         if self._memory is None:
-            raise RequestRefused("ring addresses given before any memory table")
+            raise RequestRefused(f"ring addresses given before any memory table; "
+                                 f"{GUEST_MEMORY_HINT}")
         try:
             desc = self._memory.vva_to_gpa(addr.desc_user_addr)
             avail = self._memory.vva_to_gpa(addr.avail_user_addr)
             used = self._memory.vva_to_gpa(addr.used_user_addr)
         except GuestMemoryError as err:
-            raise RequestRefused(f"ring {addr.index}: {err}") from err
+            raise RequestRefused(f"ring {addr.index}: {err}; {GUEST_MEMORY_HINT}") from err
         moved = (desc, avail, used) != (vring.desc_gpa, vring.avail_gpa, vring.used_gpa)
         if moved and vring.running:
             self._stop_ring(vring)

@@ -87,7 +87,8 @@ class DirOps:
         context = security_context(self._state, req)
         parent_fd = parent_inode.fd  # before the uid switch, which drops CAP_DAC_READ_SEARCH
         with as_creator(self._state, req, umask):
-            os.mknod(name, mode, decode_rdev(rdev), dir_fd=parent_fd)
+            # The guest's u32 mode as the kernel's 16-bit umode_t (os.mknod takes a C int).
+            os.mknod(name, mode & 0xFFFF, decode_rdev(rdev), dir_fd=parent_fd)
         return self._labelled_entry(req, parent_inode, name, context, is_dir=False)
 
     @hookimpl

@@ -136,6 +136,9 @@ class EntryOps:
             path_fd = inode.fd  # held while its number is in use (see PathFd)
             proc_name = str(path_fd)
             if valid & abi.FATTR_MODE:
+                # Only the permission bits count (the kernel masks them so); the guest's u32
+                # would not even fit the C int os.chmod takes.
+                mode &= 0o7777
                 if handle is not None:
                     os.fchmod(handle.fd, mode)
                 else:

@@ -48,6 +48,7 @@ _NAMED_CREATION_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_TRUNC
 #: What openat(O_TMPFILE) answers where the file system cannot make unnamed files.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
+_WHENCES = frozenset((os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE))
 
 class FileOps:
     """The open-file operations of one passthrough file system."""
@@ -234,6 +235,8 @@ class FileOps:
         handle = self._handles.get(fh, nodeid)
         if not 0 <= offset <= _MAX_OFFSET:
             raise FuseError(errno.EINVAL, f"lseek offset {offset} out of range")
+        if whence not in _WHENCES:  # the kernel's answer, before a u32 overflows os.lseek
+            raise FuseError(errno.EINVAL, f"lseek whence {whence}")
         with handle.lock:
             return LseekReply(os.lseek(handle.fd, offset, whence))
 

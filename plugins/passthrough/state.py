@@ -27,6 +27,7 @@ from virtiofsd.errors import ConfigError, FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply, OpenReply
 from virtiofsd.sandbox import open_proc_self_fd
+from virtiofsd.sys import ffi
 from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS, Inode
 from virtiofsd_plugins.passthrough.handles import HandleTable
 from virtiofsd_plugins.passthrough.ids import IdMapper
@@ -62,6 +63,28 @@ def _open_cwd() -> int | None:
         return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+
+
+_CONFINED = ffi.RESOLVE_IN_ROOT | ffi.RESOLVE_NO_MAGICLINKS
+_DOTS = (b".", b"..")
+
+
+def open_beneath(dir_fd: int, name: bytes) -> int:
+    """An O_PATH descriptor of ``name`` in ``dir_fd``, the final symlink not followed.
+
+    The name is one validated component already; where the kernel has openat2 the walk is also
+    confined to ``dir_fd`` (RESOLVE_IN_ROOT) and refuses magic links, so that a name that ever
+    slipped past validation could still not leave the folder.  ``..`` cannot be confined that
+    way (it would stay at ``dir_fd``); its caller keeps ``..`` of the shared folder's root at
+    the root.
+    """
+    if ffi.openat2_available and name not in _DOTS:
+        try:
+            return ffi.openat2(dir_fd, name, O_PATH_FLAGS, 0, _CONFINED)
+        except OSError as err:
+            if err.errno != errno.ENOSYS:
+                raise
+    return os.open(name, O_PATH_FLAGS, dir_fd=dir_fd)
 
 
 class PassthroughState:
@@ -109,7 +132,7 @@ class PassthroughState:
     def lookup(self, req: Any, parent: Inode, name: bytes) -> EntryReply:
         """Open ``name`` (already validated) in ``parent`` as an O_PATH descriptor without
         following a symlink, and count one lookup of the inode it reaches."""
-        return self.entry_for_fd(req, parent, os.open(name, O_PATH_FLAGS, dir_fd=parent.fd))
+        return self.entry_for_fd(req, parent, open_beneath(parent.fd, name))
 
     def entry_for_fd(self, req: Any, parent: Inode, path_fd: int) -> EntryReply:
         """Count one lookup of the inode of ``path_fd`` (an O_PATH descriptor, whose ownership
@@ -166,7 +189,8 @@ class PassthroughState:
         With the write-back cache the guest kernel reads pages of files opened write-only, so
         O_WRONLY becomes O_RDWR.
         """
-        flags = guest_flags & ~self._cleared_open_flags
+        # The guest's flags are a u32; the host's a C int, where bit 31 means nothing.
+        flags = guest_flags & ~self._cleared_open_flags & 0x7FFFFFFF
         if session_flags & _WRITEBACK_CACHE and flags & os.O_ACCMODE == os.O_WRONLY:
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return flags | os.O_CLOEXEC

@@ -1,6 +1,8 @@
 """Hostile guests against our daemon: lying lengths, truncated arguments, path tricks, broken
 descriptor chains and broken vhost-user messages.
 
+The names a guest sends are tested in ``test_name_hygiene.py``, on both daemons.
+
 Only ours runs here (``daemon_kind`` is overridden below): the Rust reference panics on some of
 these inputs (a descriptor outside guest memory kills it, see
 ``test_frontend_against_reference.py``), which is no baseline to compare against.
@@ -13,69 +15,28 @@ outside the share, and nothing the request did not name, was touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, Opcode
-from virtiofsd.testing import FuseClient, FuseReplyError, RawDescriptor, VhostUserFrontend
+from virtiofsd.testing import BackendProtocolError, FuseClient, RawDescriptor, VhostUserFrontend
 from virtiofsd.testing.driver_ring import VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE
 from virtiofsd.testing.fuse_client import parse_entry
 from virtiofsd.vhost_user import messages as vu
 from virtiofsd.vhost_user.messages import FrontendRequest as Req
 
-REPLY = 256
-MISSING_NUL = object()
+from hostile_helpers import REPLY, fuse_error, snapshot, still_serving  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
 def daemon_kind() -> str:
     return "ours"
-
-
-@pytest.fixture(autouse=True)
-def still_serving(workdir) -> Iterator[None]:
-    """After the test: the daemon is alive, serves the root, and logged no traceback."""
-    yield
-    session = workdir.session
-    assert session.process.poll() is None, session.log_text()[-3000:]
-    assert workdir.client.getattr(ROOT_ID).attr.ino == os.stat(session.shared_dir).st_ino
-    assert "Traceback" not in session.log_text(), session.log_text()[-3000:]
-
-
-def fuse_error(call, *args, **kwargs) -> int:
-    with pytest.raises(FuseReplyError) as failure:
-        call(*args, **kwargs)
-    return failure.value.errno
-
-
-def snapshot(*roots: Path) -> dict[str, tuple[int, int, int, int]]:
-    """Every path under ``roots`` with its inode, mode, size and mtime."""
-    seen = {}
-    for root in roots:
-        for directory, folders, files in os.walk(root):
-            for name in (*folders, *files, ""):
-                path = os.path.join(directory, name)
-                st = os.lstat(path)
-                seen[path] = (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns)
-    return seen
-
-
-@pytest.fixture
-def outside(workdir) -> Iterator[Path]:
-    """A folder beside the share, with a file a hostile guest would like to reach."""
-    folder = workdir.session.shared_dir.parent / f"outside-{workdir.host.name}"
-    folder.mkdir()
-    (folder / "victim").write_bytes(b"must not change")
-    os.chmod(folder / "victim", 0o600)
-    yield folder
-    assert (folder / "victim").read_bytes() == b"must not change"
-    assert stat.S_IMODE(os.stat(folder / "victim").st_mode) == 0o600
 
 
 # -- lying lengths ---------------------------------------------------------------------------------
@@ -198,155 +159,6 @@ def test_write_declaring_more_data_than_it_carries_is_refused(workdir) -> None:
     assert error == errno.EINVAL
     assert (host / "f").read_bytes() == b""
     fuse.release(entry.nodeid, handle.fh)
-
-
-# -- names -----------------------------------------------------------------------------------------
-
-
-def name_request(opcode: int, workdir, name: object, role: str = "new") -> tuple[int, bytes]:
-    """The body of ``opcode`` with ``name`` where the guest chooses a name (MISSING_NUL: the
-    body ends without the terminating NUL)."""
-    fuse = workdir.client
-    raw = b"hostile" if name is MISSING_NUL else name
-    encoded = raw if name is MISSING_NUL else raw + b"\0"
-    if opcode == Opcode.LOOKUP or opcode in (Opcode.UNLINK, Opcode.RMDIR):
-        return workdir.nodeid, encoded
-    if opcode == Opcode.MKDIR:
-        return workdir.nodeid, abi.MKDIR_IN.pack(0o755, 0) + encoded
-    if opcode == Opcode.MKNOD:
-        return workdir.nodeid, abi.MKNOD_IN.pack(stat.S_IFIFO | 0o644, 0, 0, 0) + encoded
-    if opcode == Opcode.CREATE:
-        return workdir.nodeid, abi.CREATE_IN.pack(os.O_RDWR | os.O_CREAT, 0o644, 0, 0) + encoded
-    if opcode == Opcode.SYMLINK:
-        if name is MISSING_NUL:
-            return workdir.nodeid, b"link\0target-without-nul"
-        return workdir.nodeid, encoded + b"target\0"
-    if opcode == Opcode.LINK:
-        existing = fuse.lookup(workdir.nodeid, "existing").nodeid
-        return workdir.nodeid, abi.LINK_IN.pack(existing) + encoded
-    if opcode in (Opcode.RENAME, Opcode.RENAME2):
-        head = (
-            abi.RENAME_IN.pack(workdir.nodeid)
-            if opcode == Opcode.RENAME
-            else abi.RENAME2_IN.pack(workdir.nodeid, 0, 0)
-        )
-        if name is MISSING_NUL:
-            return workdir.nodeid, head + b"existing\0unterminated"
-        if role == "old":
-            return workdir.nodeid, head + encoded + b"renamed\0"
-        return workdir.nodeid, head + b"existing\0" + encoded
-    raise AssertionError(opcode)
-
-
-NAME_OPCODES = [
-    Opcode.MKDIR,
-    Opcode.MKNOD,
-    Opcode.CREATE,
-    Opcode.SYMLINK,
-    Opcode.LINK,
-    Opcode.RENAME,
-    Opcode.RENAME2,
-    Opcode.UNLINK,
-    Opcode.RMDIR,
-]
-BAD_NAMES = {
-    "dot": (b".", errno.EINVAL),
-    "dotdot": (b"..", errno.EINVAL),
-    "slash": (b"a/b", errno.EINVAL),
-    "climbing": (b"../escape", errno.EINVAL),
-    "absolute": (b"/escape", errno.EINVAL),
-    "empty": (b"", errno.ENOENT),  # what the kernel answers for an empty path
-    "nul-inside": (b"a\0b", errno.EINVAL),
-    "no-nul": (MISSING_NUL, errno.EINVAL),
-}
-
-
-@pytest.fixture
-def name_targets(workdir, outside: Path) -> Iterator[dict[str, tuple[int, int, int, int]]]:
-    """Things a request with a bad name could hit: a file and a folder named like the share's
-    neighbours; the whole tree around the share must be unchanged afterwards."""
-    (workdir.host / "existing").write_bytes(b"x")
-    (workdir.host / "a").mkdir()
-    (workdir.host / "a" / "b").mkdir()
-    before = snapshot(workdir.session.shared_dir.parent)
-    yield before
-    assert snapshot(workdir.session.shared_dir.parent) == before
-
-
-@pytest.mark.parametrize("name", list(BAD_NAMES))
-@pytest.mark.parametrize("opcode", NAME_OPCODES, ids=lambda opcode: Opcode(opcode).name)
-def test_bad_new_names_are_refused_and_change_nothing(
-    workdir, name_targets, opcode: int, name: str
-) -> None:
-    raw, expected = BAD_NAMES[name]
-    nodeid, body = name_request(opcode, workdir, raw)
-    assert workdir.client.request(opcode, nodeid, body, REPLY) == (expected, b"")
-
-
-@pytest.mark.parametrize("name", ["dot", "dotdot", "slash", "climbing", "empty"])
-@pytest.mark.parametrize("opcode", [Opcode.RENAME, Opcode.RENAME2], ids=["RENAME", "RENAME2"])
-def test_bad_old_names_in_rename_are_refused(workdir, name_targets, opcode: int, name: str) -> None:
-    raw, expected = BAD_NAMES[name]
-    nodeid, body = name_request(opcode, workdir, raw, role="old")
-    assert workdir.client.request(opcode, nodeid, body, REPLY) == (expected, b"")
-
-
-@pytest.mark.parametrize("name", ["slash", "climbing", "absolute", "empty", "nul-inside", "no-nul"])
-def test_bad_lookup_names_are_refused(workdir, name_targets, name: str) -> None:
-    raw, expected = BAD_NAMES[name]
-    nodeid, body = name_request(Opcode.LOOKUP, workdir, raw)
-    assert workdir.client.request(Opcode.LOOKUP, nodeid, body, REPLY) == (expected, b"")
-
-
-def test_dotdot_lookup_at_the_root_stays_at_the_root(workdir) -> None:
-    fuse = workdir.client
-    share = workdir.session.shared_dir
-    up = fuse.lookup(ROOT_ID, "..")
-    assert up.nodeid == ROOT_ID
-    assert up.attr.ino == os.stat(share).st_ino
-    higher = fuse.lookup(up.nodeid, "..")
-    assert higher.nodeid == ROOT_ID
-    names = set(fuse.listdir(higher.nodeid))
-    assert names == {b".", b".."} | {os.fsencode(name) for name in os.listdir(share)}
-    made = fuse.mkdir(higher.nodeid, f"made-from-dotdot-{workdir.host.name}")
-    assert (share / f"made-from-dotdot-{workdir.host.name}").is_dir()
-    assert made.nodeid != ROOT_ID
-
-
-def test_symlinks_pointing_outside_are_never_followed(workdir, outside: Path) -> None:
-    fuse, host = workdir.client, workdir.host
-    os.symlink(outside / "victim", host / "to-file")
-    os.symlink(outside, host / "to-folder")
-    to_file = fuse.lookup(workdir.nodeid, "to-file")
-    to_folder = fuse.lookup(workdir.nodeid, "to-folder")
-    assert stat.S_ISLNK(to_file.attr.mode) and stat.S_ISLNK(to_folder.attr.mode)
-    assert fuse_error(fuse.lookup, to_folder.nodeid, "victim") == errno.ENOTDIR
-    assert fuse_error(fuse.open, to_file.nodeid, os.O_WRONLY | os.O_TRUNC) in (
-        errno.EBADF,
-        errno.ELOOP,
-    )
-    assert fuse_error(fuse.open, to_file.nodeid, os.O_RDONLY) in (errno.EBADF, errno.ELOOP)
-    assert fuse_error(fuse.opendir, to_folder.nodeid) in (errno.EBADF, errno.ELOOP, errno.ENOTDIR)
-    try:
-        fuse.setattr(to_file.nodeid, mode=stat.S_IFREG | 0o666)
-    except FuseReplyError as err:
-        assert err.errno in (errno.EOPNOTSUPP, errno.EPERM, errno.EBADF)
-    assert fuse_error(fuse.setattr, to_file.nodeid, size=0) in (errno.EBADF, errno.ELOOP)
-    fuse.setattr(to_file.nodeid, uid=1234, gid=1234)  # chown of the link itself
-    assert os.lstat(host / "to-file").st_uid == 1234
-    assert os.stat(outside / "victim").st_uid == os.getuid()
-    fuse.setattr(to_file.nodeid, mtime_ns=10**9)
-    assert os.stat(outside / "victim").st_mtime_ns != 10**9
-    assert fuse_error(fuse.mkdir, to_folder.nodeid, "planted") in (errno.ENOTDIR, errno.EBADF)
-    assert not (outside / "planted").exists()
-
-
-def test_opening_a_fifo_is_refused_instead_of_blocking(workdir) -> None:
-    fuse, host = workdir.client, workdir.host
-    os.mkfifo(host / "fifo")
-    nodeid = fuse.lookup(workdir.nodeid, "fifo").nodeid
-    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
-        assert fuse_error(fuse.open, nodeid, flags) == errno.EBADF
 
 
 # -- node ids and handles --------------------------------------------------------------------------
@@ -613,6 +425,18 @@ def test_many_hostile_chains_in_a_row_leave_the_ring_working(workdir) -> None:
 # -- vhost-user messages ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def raw_frontend(start_daemon, tmp_path: Path) -> Iterator[tuple[object, VhostUserFrontend]]:
+    """Our daemon on an empty share and a front-end that has negotiated (features, owner) and
+    nothing more: the test sends the rest by hand."""
+    share = tmp_path / "share"
+    share.mkdir()
+    with start_daemon(share, connect_client=False) as session:
+        with VhostUserFrontend.connect(session.socket_path) as frontend:
+            frontend.negotiate()
+            yield session, frontend
+
+
 def _broken_payload_size(frontend: VhostUserFrontend) -> None:
     frontend.send(Req.SET_FEATURES, b"\0" * 4)
 
@@ -630,6 +454,15 @@ def _oversized_header(frontend: VhostUserFrontend) -> None:
     frontend.send_raw(vu.encode_header(Req.SET_FEATURES, 0x1, 0xFFFFFFFF))
 
 
+def _too_many_fds(frontend: VhostUserFrontend) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        frontend.send(Req.SET_FEATURES, vu.encode_u64(0), [read_end, write_end, read_end])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def _garbage(frontend: VhostUserFrontend) -> None:
     frontend.send_raw(b"\xff" * 12)
 
@@ -642,21 +475,130 @@ def _garbage(frontend: VhostUserFrontend) -> None:
         (_memory_table_without_fds, r"SET_MEM_TABLE.*file descriptors"),
         (_oversized_header, r"4294967295 bytes"),
         (_garbage, r"version"),
+        (_too_many_fds, r"SET_FEATURES: carries 3 file descriptors, expected 0"),
     ],
-    ids=["wrong-payload-size", "missing-kick-fd", "mem-table-without-fds", "oversized", "garbage"],
+    ids=["wrong-payload-size", "missing-kick-fd", "mem-table-without-fds", "oversized", "garbage",
+         "too-many-fds"],
 )
 def test_broken_vhost_user_message_ends_the_connection_cleanly(
     start_daemon, tmp_path: Path, breakage, what: str
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    with start_daemon(share, connect_client=False) as session:
-        with VhostUserFrontend.connect(session.socket_path) as frontend:
-            frontend.negotiate()
-            breakage(frontend)
-            assert frontend.wait_for_disconnect(timeout=5.0), "the daemon hung up"
+    with raw_frontend(start_daemon, tmp_path) as (session, frontend):
+        breakage(frontend)
+        assert frontend.wait_for_disconnect(timeout=5.0), "the daemon hung up"
         status = session.process.wait(5)
         log = session.log_text()
-        assert status != 0, "a connection ended by a protocol error is no clean exit"
-        assert re.search(r"ERROR .*vhost-user protocol error.*" + what, log), log
-        assert "Traceback" not in log, log
+    assert status != 0, "a connection ended by a protocol error is no clean exit"
+    assert re.search(r"ERROR .*vhost-user protocol error.*" + what, log), log
+    assert "Traceback" not in log, log
+
+
+
+# -- refused vhost-user requests: a failure ack, a clear log line, the connection goes on ----------
+
+MIB = 1 << 20
+FRONTEND_BASE = 0x7F00_0000_0000
+
+
+def memfd(size: int) -> int:
+    fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _overlapping_regions(frontend: VhostUserFrontend) -> None:
+    fds = [memfd(MIB), memfd(MIB)]
+    regions = [vu.MemoryRegion(0, MIB, FRONTEND_BASE, 0),
+               vu.MemoryRegion(MIB // 2, MIB, FRONTEND_BASE + 2 * MIB, 0)]
+    try:
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _unmappable_region(frontend: VhostUserFrontend) -> None:
+    """Guest RAM that is not shared memory: a pipe stands for an fd that cannot be mapped."""
+    read_end, write_end = os.pipe()
+    try:
+        regions = [vu.MemoryRegion(0, MIB, FRONTEND_BASE, 0)]
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [read_end])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _region_larger_than_its_fd(frontend: VhostUserFrontend) -> None:
+    fd = memfd(MIB)
+    try:
+        regions = [vu.MemoryRegion(0, 16 * MIB, FRONTEND_BASE, 0)]
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [fd])
+    finally:
+        os.close(fd)
+
+
+def _one_mib_of_memory(frontend: VhostUserFrontend) -> None:
+    fd = memfd(MIB)
+    try:
+        regions = [vu.MemoryRegion(0, MIB, FRONTEND_BASE, 0)]
+        frontend.request(Req.SET_MEM_TABLE, vu.encode_memory_table(regions), [fd])
+    finally:
+        os.close(fd)
+    frontend.request(Req.SET_VRING_NUM, vu.encode_vring_state(1, 256))
+
+
+def _ring_outside_guest_memory(frontend: VhostUserFrontend) -> None:
+    _one_mib_of_memory(frontend)
+    outside = FRONTEND_BASE + 64 * MIB
+    frontend.request(Req.SET_VRING_ADDR, vu.encode_vring_addr(
+        vu.VringAddr(1, 0, outside, outside + 4096, outside + 8192, 0)))
+
+
+def _ring_straddling_the_end_of_memory(frontend: VhostUserFrontend) -> None:
+    """Each ring starts inside memory, the available ring runs past its end: refused when the
+    ring would start."""
+    _one_mib_of_memory(frontend)
+    end = FRONTEND_BASE + MIB
+    frontend.request(Req.SET_VRING_ADDR, vu.encode_vring_addr(
+        vu.VringAddr(1, 0, end - 3 * 4096, end - 2 * 4096, end - 64, 0)))
+    kick = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        frontend.request(Req.SET_VRING_KICK, vu.encode_vring_fd_payload(1), [kick])
+    finally:
+        os.close(kick)
+
+
+def _ring_addresses_before_memory(frontend: VhostUserFrontend) -> None:
+    frontend.request(Req.SET_VRING_ADDR, vu.encode_vring_addr(
+        vu.VringAddr(1, 0, FRONTEND_BASE, FRONTEND_BASE + 4096, FRONTEND_BASE + 8192, 0)))
+
+
+@pytest.mark.parametrize(
+    "refused, what",
+    [
+        (_overlapping_regions, r"SET_MEM_TABLE: .*overlaps"),
+        (_unmappable_region, r"SET_MEM_TABLE: cannot map memory region.*share=on"),
+        (_region_larger_than_its_fd, r"SET_MEM_TABLE: .*fd is 0x100000 bytes.*share=on"),
+        (_ring_outside_guest_memory, r"SET_VRING_ADDR: ring 1: .*not in any memory region"
+                                     r".*share=on"),
+        (_ring_straddling_the_end_of_memory, r"SET_VRING_KICK: ring 1 cannot start: virtqueue "
+                                             r"rings are not in guest memory"),
+        (_ring_addresses_before_memory, r"SET_VRING_ADDR: ring addresses given before any "
+                                        r"memory table.*memory-backend-memfd"),
+    ],
+    ids=["overlapping-regions", "unmappable-region", "region-larger-than-fd", "ring-outside",
+         "ring-straddling-the-end", "ring-before-memory"],
+)
+def test_refused_vhost_user_request_is_logged_and_the_connection_goes_on(
+    start_daemon, tmp_path: Path, refused, what: str
+) -> None:
+    with raw_frontend(start_daemon, tmp_path) as (session, frontend):
+        assert frontend.reply_ack
+        frontend.set_features(frontend.offered_features)
+        with pytest.raises(BackendProtocolError, match="was refused"):
+            refused(frontend)
+        assert frontend.query_u64(Req.GET_FEATURES) == frontend.offered_features
+        assert session.process.poll() is None
+        log = session.log_text()
+    assert re.search(r"ERROR .*refusing front-end request " + what, log), log
+    assert "Traceback" not in log, log

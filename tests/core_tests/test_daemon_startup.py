@@ -1,21 +1,27 @@
-"""Start-up options seen from outside: log level, syslog, fd limit, tag, third-party plugins."""
+"""Start-up options seen from outside: log level, syslog, fd limit, tag, third-party plugins;
+and the misconfigurations a user meets first (socket folder not writable, fd limit too low)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
 import socket
 import struct
+import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.plugins import install_plugin_package
 from virtiofsd import log as daemon_log
+from virtiofsd.fuse.abi import ROOT_ID
 from virtiofsd.limits import DEFAULT_CEILING, apply_rlimit_nofile, default_target
-from virtiofsd.testing import DaemonStartError, running_daemon
+from virtiofsd.testing import DaemonStartError, FuseReplyError, running_daemon
 from virtiofsd.vhost_user import messages as vu
 
 #: The plain command a user types: no option, so every default (and its fallback) is in force.
@@ -190,3 +196,64 @@ def test_an_unknown_plugin_is_refused_before_the_daemon_listens(ours, share):
     with pytest.raises(DaemonStartError, match="no plugin named 'missing'"):
         with running_daemon(ours("--plugin", "missing"), share):
             pass
+
+
+# --- misconfigurations: one actionable line, never a traceback ------------------------------
+# (Guest memory that is not shared is tested with the refused vhost-user requests in
+# test_daemon_robustness.py: unmappable-region, ring-before-memory.)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only folder needs root")
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """A folder nobody can create anything in, root included: a read-only tmpfs."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@needs_root
+def test_socket_folder_not_writable_is_a_clear_error(ours, share, tmp_path: Path) -> None:
+    with read_only_folder(tmp_path / "read-only") as folder:
+        socket_path = folder / "vhost.sock"
+        command = [arg.replace("{socket_path}", str(socket_path)).replace("{shared_dir}",
+                                                                          str(share))
+                   for arg in ours()]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (f"--socket-path {socket_path}: cannot create the socket and its lock file"
+            in result.stderr), result.stderr
+    assert "Read-only file system" in result.stderr
+    assert "needs a folder it can write" in result.stderr
+
+
+def test_low_fd_limit_is_reported_at_start_and_when_it_runs_out(ours, share) -> None:
+    """A hard limit of 128 with descriptor-backed inodes: a warning at start, then, when the
+    guest has looked up more files than its budget (the limit less a headroom for the daemon's
+    own descriptors), ENFILE replies and one log line that says what to raise; the daemon goes
+    on serving."""
+    for index in range(100):
+        (share / f"f{index}").touch()
+    command = ["prlimit", "--nofile=128:128", "--", *ours(), "--inode-file-handles=never"]
+    with running_daemon(command, share) as session:
+        fuse = session.client
+        failures = 0
+        for index in range(100):
+            try:
+                fuse.lookup(ROOT_ID, f"f{index}")
+            except FuseReplyError as err:
+                assert err.errno == errno.ENFILE
+                failures += 1
+        assert failures > 0
+        assert fuse.getattr(ROOT_ID).attr.ino == os.stat(share).st_ino
+        log = session.log_text()
+    assert "only 128 file descriptors may be open" in log, log
+    assert "raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit)" in log
+    assert log.count("raise --rlimit-nofile, or use --inode-file-handles=prefer") == 1, log
+    assert "Traceback" not in log, log
+

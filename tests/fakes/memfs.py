@@ -23,6 +23,9 @@ from virtiofsd.fuse.replies import (EMPTY, AttrReply, CreateReply, EntryReply, O
                                     StatfsReply)
 
 TIMEOUT = 1.0
+#: Files grow no larger (EFBIG, as a host file system answers past its limit): a guest asking for
+#: an exabyte file must not make the fake allocate it.
+MAX_FILE_SIZE = 1 << 24
 
 
 class Node:
@@ -177,6 +180,8 @@ class MemFs:
             if valid & abi.FATTR_MODE:
                 node.st_mode = stat.S_IFMT(node.st_mode) | stat.S_IMODE(mode)
             if valid & abi.FATTR_SIZE:
+                if size > MAX_FILE_SIZE:
+                    raise FuseError(errno.EFBIG, f"size {size}")
                 del node.data[size:]
                 node.data.extend(bytes(size - len(node.data)))
             if valid & abi.FATTR_ATIME:
@@ -296,6 +301,8 @@ class MemFs:
                          write_flags=write_flags, flags=flags, pieces=len(data))
             payload = b"".join(data)
             node = self._open_node(fh)
+            if offset + len(payload) > MAX_FILE_SIZE:
+                raise FuseError(errno.EFBIG, f"write up to {offset + len(payload)}")
             if len(node.data) < offset:
                 node.data.extend(bytes(offset - len(node.data)))
             node.data[offset:offset + len(payload)] = payload
