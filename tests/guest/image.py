@@ -1,8 +1,14 @@
 """Builds the guest kernel and initramfs that the real-guest tests boot.
 
 The guest is deliberately tiny: Debian 12's own kernel (the one ``linux-image-amd64`` points
-at, so the guest driver is the one real users run), the seven modules that virtio-fs needs,
-and busybox-static as the whole userland.  Everything is derived from Debian packages so a
+at, so the guest driver is the one real users run), the modules that virtio-fs needs (plus
+those of 9p, see below), and busybox-static as the whole userland.
+
+Tests that need real tools in the guest (Python, getfattr, setfacl, stress-ng...) boot with
+the host's root shared read-only over QEMU's 9p (``runner.boot(host_root=True)``): /init then
+mounts it at /host, puts fresh proc, sys, dev and tmpfs mounts inside it and binds the
+virtio-fs share onto /host/mnt, so ``chroot /host COMMAND`` runs the host's programs against
+the share (``in_host`` in scripts/lib.sh).  Everything is derived from Debian packages so a
 fresh Debian 12 machine can rebuild it without network access beyond the Debian archive.
 
 The build output is cached in a directory keyed on every input (kernel package, busybox
@@ -49,14 +55,23 @@ MODULES = (
     "virtio_pci",
     "fuse",
     "virtiofs",
+    "netfs",
+    "fscache",
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
 )
+
+#: The 9p tag of the host's root and the kernel command-line word that asks /init to mount it.
+HOST_ROOT_TAG = "hostroot"
+HOST_ROOT_CMDLINE_FLAG = "virtiofsd_test.host_root"
 
 MOUNT_TAG = "myfs"
 GUEST_USER_ID = 1000
 GUEST_GROUP_ID = 1000
 
 # Bumped whenever the layout of the built image changes, so stale caches are not reused.
-BUILD_FORMAT = "3"
+BUILD_FORMAT = "4"
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 # PID 1 of the test guest: mount the virtio-fs share, run /workload.sh, power off.
@@ -70,14 +85,31 @@ echo 1 > /proc/sys/kernel/printk
 for module in {" ".join(MODULES)}; do
     insmod /lib/modules/$module.ko || echo "GUEST-ERROR insmod $module failed"
 done
+host_root=no
+case " $(cat /proc/cmdline) " in *" {HOST_ROOT_CMDLINE_FLAG} "*) host_root=yes;; esac
 mkdir -p /mnt
 if mount -t virtiofs {MOUNT_TAG} /mnt; then
     echo "GUEST-MOUNTED"
+    if [ $host_root = yes ]; then
+        mkdir -p /host
+        if mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 {HOST_ROOT_TAG} /host \\
+            && mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys \\
+            && mount -t devtmpfs devtmpfs /host/dev && mount -t tmpfs tmpfs /host/tmp \\
+            && mount -t tmpfs tmpfs /host/run && mount -t tmpfs tmpfs /host/var/tmp \\
+            && mount --bind /mnt /host/mnt; then
+            echo "GUEST-HOST-ROOT"
+        else
+            echo "GUEST-ERROR host root over 9p failed"
+        fi
+    fi
     cd /tmp
     sh /workload.sh
     echo "GUEST-WORKLOAD-EXIT $?"
     cd /
     sync
+    if [ $host_root = yes ]; then
+        umount /host/mnt /host/var/tmp /host/run /host/tmp /host/dev /host/sys /host/proc /host
+    fi
     if umount /mnt; then echo "GUEST-UNMOUNTED"; else echo "GUEST-ERROR umount failed"; fi
 else
     echo "GUEST-ERROR mount failed"

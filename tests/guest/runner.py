@@ -129,9 +129,22 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def host_root_arguments() -> tuple[list[str], str]:
+    """QEMU arguments sharing the host's / read-only over 9p, and the kernel command-line word
+    that makes the guest's /init mount it (see tests/guest/image.py).
+
+    security_model=none shows the host's owners and modes as they are; readonly=on makes the
+    guest unable to change anything on the host through this share.
+    """
+    share = (f"local,path=/,mount_tag={guest_image.HOST_ROOT_TAG},security_model=none,"
+             "readonly=on,id=hostroot")
+    return ["-virtfs", share], guest_image.HOST_ROOT_CMDLINE_FLAG
+
+
 def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_path: pathlib.Path,
-                 console_path: pathlib.Path, qemu: str = QEMU) -> list[str]:
+                 console_path: pathlib.Path, qemu: str = QEMU, host_root: bool = False) -> list[str]:
     memory = f"{GUEST_MEMORY_MIB}M"
+    host_root_args, cmdline_flag = host_root_arguments() if host_root else ([], "")
     return [
         qemu, "-accel", "tcg", "-smp", "1", "-m", memory,
         "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
@@ -141,7 +154,8 @@ def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_
         "-kernel", str(image.kernel), "-initrd", str(initramfs),
         # panic=-1 turns a guest panic (e.g. /init dying) into an immediate reboot, which
         # -no-reboot turns into QEMU exiting, so a broken guest fails fast instead of hanging.
-        "-append", "console=ttyS0 panic=-1 quiet",
+        *host_root_args,
+        "-append", f"console=ttyS0 panic=-1 quiet {cmdline_flag}".rstrip(),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-serial", f"file:{console_path}", "-no-reboot",
     ]
@@ -169,7 +183,8 @@ def _wait_for_guest(qemu_process: subprocess.Popen, daemon_process: subprocess.P
 def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: list[str] = (),
          wrapper: list[str] = (), timeout: float = 300.0,
          log_dir: pathlib.Path | None = None,
-         extra_files: dict[str, bytes] | None = None, qemu: str = QEMU) -> BootResult:
+         extra_files: dict[str, bytes] | None = None, qemu: str = QEMU,
+         host_root: bool = False) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
@@ -177,8 +192,14 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
     ``log_dir`` receives console.log and daemon.log (kept for post-mortems); a private
     temporary directory is used otherwise.  The socket always lives in a short /tmp path
     because AF_UNIX paths are limited to 108 bytes.
+
+    ``host_root`` shares the host's / read-only over 9p: the workload can then run the host's
+    programs on the share with ``in_host COMMAND...`` (scripts/lib.sh), which chroots into it;
+    there the virtio-fs share is at /mnt, /tmp is a guest tmpfs.
     """
     command = daemon_command(daemon)
+    if host_root and not pathlib.Path("/mnt").is_dir():
+        raise BootError("host_root needs a /mnt folder on the host to bind the share onto")
     image = guest_image.build()
     socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))
     own_log_dir = log_dir is None
@@ -223,7 +244,8 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
 
         with qemu_log_path.open("wb") as qemu_log_file:
             qemu_process = subprocess.Popen(
-                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu)],
+                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu,
+                                               host_root)],
                 stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -61,3 +61,14 @@ value() {
 as_user() {
     su -s /bin/sh user -c "$1"
 }
+
+# in_host COMMAND...: runs a host program (booted with host_root=True) chrooted into the host's
+# read-only root, where the virtio-fs share is /mnt and /tmp is the guest's own tmpfs.
+in_host() {
+    if [ ! -d /host/mnt ] || ! grep -q " /host 9p " /proc/mounts; then
+        echo "in_host: the host root is not mounted (boot with host_root=True)" >&2
+        return 127
+    fi
+    chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/tmp LANG=C.UTF-8 "$@"
+}
