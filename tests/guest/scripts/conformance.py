@@ -54,7 +54,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 AT_FDCWD = -100
-AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
 F_OFD_GETLK = 36
 LOCK_WAIT_SECONDS = 0.6
 
@@ -113,11 +113,29 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     _libc_call(LIBC.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)), "fallocate")
 
 
-def linkat_follow(source: str, target: str) -> None:
-    """linkat(AT_SYMLINK_FOLLOW): os.link calls plain link(), which cannot name an
-    O_TMPFILE through /proc/self/fd."""
-    _libc_call(LIBC.linkat(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target),
-                           AT_SYMLINK_FOLLOW), "linkat")
+def link_fd(fd: int, target: str) -> None:
+    """linkat(fd, "", AT_EMPTY_PATH): gives an O_TMPFILE a name without /proc (which the
+    host-root chroot does not have); needs CAP_DAC_READ_SEARCH, which root has."""
+    _libc_call(LIBC.linkat(fd, b"", AT_FDCWD, os.fsencode(target), AT_EMPTY_PATH), "linkat")
+
+
+#: A FIFO pair the guest's shell serves outside the host-root chroot (test_conformance.py);
+#: the chroot has no /proc of the guest.
+DROP_CACHES_REQUEST = "/tmp/drop-caches.request"
+DROP_CACHES_DONE = "/tmp/drop-caches.done"
+
+
+def drop_caches() -> None:
+    """sync and drop the guest's page, dentry and inode caches (so FORGETs reach the daemon)."""
+    os.sync()
+    if os.path.exists(DROP_CACHES_REQUEST):
+        with open(DROP_CACHES_REQUEST, "w") as request:
+            request.write("3\n")
+        with open(DROP_CACHES_DONE) as done:
+            done.readline()
+        return
+    with open("/proc/sys/vm/drop_caches", "w") as stream:
+        stream.write("3")
 
 
 class Timespec(ctypes.Structure):
@@ -423,6 +441,13 @@ class Suite:
         os.chmod(folder, 0o777)
         return folder
 
+    def fixture(self, name: str) -> str:
+        """A folder the host filled before the run (prepare_fixtures)."""
+        folder = os.path.join(os.path.dirname(self.work), FIXTURES, name)
+        if not os.path.isdir(folder):
+            raise CheckFailed(f"fixture {folder} missing (prepare_fixtures was not run)")
+        return folder
+
     def host_path(self, guest_path: str) -> str:
         return os.path.relpath(guest_path, os.path.dirname(self.work))
 
@@ -514,7 +539,7 @@ def check_open_tmpfile(suite: Suite) -> None:
         os.write(fd, b"anonymous")
         expect_equal("st_nlink of an O_TMPFILE", 0, os.fstat(fd).st_nlink)
         expect_equal("entries while unnamed", [], os.listdir(folder))
-        linkat_follow(f"/proc/self/fd/{fd}", os.path.join(folder, "named"))
+        link_fd(fd, os.path.join(folder, "named"))
     finally:
         os.close(fd)
     expect_equal("content after linkat", b"anonymous", read_file(os.path.join(folder, "named")))
@@ -742,16 +767,19 @@ def check_name_every_byte_value(suite: Suite) -> None:
         if value == ord("/"):
             continue
         name = b"b" + bytes([value]) + b"e"
-        create(os.fsdecode(folder_bytes + b"/" + name), bytes([value]))
+        os.mknod(folder_bytes + b"/" + name, stat.S_IFREG | 0o644)
         expected.add(name)
         if value != ord("."):
             single = bytes([value])
-            create(os.fsdecode(folder_bytes + b"/" + single))
+            os.mknod(folder_bytes + b"/" + single, stat.S_IFREG | 0o644)
             expected.add(single)
+    samples = (1, 10, 127, 128, 255)
+    for value in samples:
+        write_existing(os.fsdecode(folder_bytes + b"/b" + bytes([value]) + b"e"), bytes([value]))
     listed = set(os.listdir(folder_bytes))
     expect_equal("missing names", set(), expected - listed)
     expect_equal("unexpected names", set(), listed - expected)
-    for value in (1, 10, 127, 128, 255):
+    for value in samples:
         name = b"b" + bytes([value]) + b"e"
         expect_equal(f"content of byte {value}", bytes([value]), read_file(folder_bytes + b"/" + name))
 
@@ -1213,9 +1241,7 @@ def check_atime_relatime(suite: Suite) -> None:
     """relatime: a read updates an atime older than mtime (on the host's mount)."""
     path = create(suite.path("times_atime"), b"read me")
     os.utime(path, ns=(10 ** 9, 2 * 10 ** 9))
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as stream:
-        stream.write("3")
+    drop_caches()
     read_file(path)
     deadline = time.monotonic() + 3
     while os.stat(path).st_atime_ns <= 2 * 10 ** 9 and time.monotonic() < deadline:
@@ -1226,13 +1252,32 @@ def check_atime_relatime(suite: Suite) -> None:
 
 # --- folders ------------------------------------------------------------------------------
 
+FIXTURES = "conformance-fixtures"
+CHURN_STABLE = 1200
+CHURN_DOOMED = 300
+SEEKDIR_ENTRIES = 300
+
+
+def prepare_fixtures(share: str, big_dir_entries: int) -> None:
+    """Creates, on the host side of the share, the big folders the folder checks read, so the
+    guest spends its (emulated, slow) time reading them rather than creating them."""
+    def fill(folder: str, names) -> None:
+        os.makedirs(folder, exist_ok=True)
+        for name in names:
+            os.mknod(os.path.join(folder, name), stat.S_IFREG | 0o644)
+
+    root = os.path.join(share, FIXTURES)
+    fill(os.path.join(root, "large"), (f"entry{index:05d}" for index in range(big_dir_entries)))
+    fill(os.path.join(root, "churn"), [f"stable{index:04d}" for index in range(CHURN_STABLE)]
+         + [f"doomed{index:04d}" for index in range(CHURN_DOOMED)])
+    fill(os.path.join(root, "seekdir"), (f"s{index:03d}" for index in range(SEEKDIR_ENTRIES)))
+
+
 @check
 def check_readdir_large(suite: Suite) -> None:
-    folder = suite.fresh("large")
+    folder = suite.fixture("large")
     count = suite.big_dir_entries
     names = {f"entry{index:05d}" for index in range(count)}
-    for name in names:
-        os.mknod(os.path.join(folder, name), stat.S_IFREG | 0o644)
     listed = os.listdir(folder)
     expect_equal("entries listed", count, len(listed))
     expect_equal("duplicates", 0, len(listed) - len(set(listed)))
@@ -1244,11 +1289,9 @@ def check_readdir_large(suite: Suite) -> None:
 
 @check
 def check_readdir_while_changing(suite: Suite) -> None:
-    folder = suite.fresh("churn")
-    stable = {f"stable{index:04d}" for index in range(1500)}
-    doomed = {f"doomed{index:04d}" for index in range(500)}
-    for name in stable | doomed:
-        os.mknod(os.path.join(folder, name), stat.S_IFREG | 0o644)
+    folder = suite.fixture("churn")
+    stable = {f"stable{index:04d}" for index in range(CHURN_STABLE)}
+    doomed = {f"doomed{index:04d}" for index in range(CHURN_DOOMED)}
     seen: list[str] = []
     with os.scandir(folder) as entries:
         for index, entry in enumerate(entries):
@@ -1256,7 +1299,7 @@ def check_readdir_while_changing(suite: Suite) -> None:
             if index == 100:
                 for name in doomed:
                     os.unlink(os.path.join(folder, name))
-                for number in range(500):
+                for number in range(CHURN_DOOMED):
                     os.mknod(os.path.join(folder, f"added{number:04d}"), stat.S_IFREG | 0o644)
     duplicates = sorted({name for name in seen if seen.count(name) > 1}) if len(seen) != len(set(seen)) else []
     expect_equal("duplicates", [], duplicates[:5])
@@ -1268,9 +1311,7 @@ def check_readdir_while_changing(suite: Suite) -> None:
 
 @check
 def check_seekdir_telldir(suite: Suite) -> None:
-    folder = suite.fresh("seekdir")
-    for index in range(300):
-        os.mknod(os.path.join(folder, f"s{index:03d}"), stat.S_IFREG | 0o644)
+    folder = suite.fixture("seekdir")
     directory = LibcDir(folder)
     try:
         positions = []
@@ -1280,7 +1321,7 @@ def check_seekdir_telldir(suite: Suite) -> None:
             if entry is None:
                 break
             positions.append((position, entry[0]))
-        expect_equal("entries including . and ..", 302, len(positions))
+        expect_equal("entries including . and ..", SEEKDIR_ENTRIES + 2, len(positions))
         for position, name in (positions[7], positions[150], positions[299], positions[1]):
             directory.seek(position)
             expect_equal(f"entry after seekdir({position})", name, directory.read()[0])
@@ -1610,6 +1651,9 @@ def main() -> int:
                                              "host is this machine (validation runs)")
     parser.add_argument("--other-mount", help="a second virtio-fs mount, for EXDEV")
     parser.add_argument("--big-dir", type=int, default=20000, help="entries in the readdir check")
+    parser.add_argument("--prepare-fixtures", action="store_true",
+                        help="create the fixture folders on --mount first (validation runs on "
+                             "a local folder; the guest test has the host create them)")
     parser.add_argument("--only", default="", help="comma-separated check names")
     parser.add_argument("--list", action="store_true", help="print the check names and exit")
     options = parser.parse_args()
@@ -1618,6 +1662,8 @@ def main() -> int:
         return 0
     if os.geteuid() != 0:
         parser.error("must run as root (checks switch to ordinary users)")
+    if options.prepare_fixtures:
+        prepare_fixtures(options.mount, options.big_dir)
     work = os.path.join(options.mount, f"conformance-{options.label}")
     os.mkdir(work, 0o777)
     os.chmod(work, 0o777)

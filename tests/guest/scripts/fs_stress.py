@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""stress-ng's file-system stressors on a virtio-fs mount, run inside the guest.
+
+All stressors run together for a bounded time with --verify; each becomes its own check
+(``RESULT <label>.stress_<stressor> ok|fail``): it must have run (bogo ops reported) and no
+failure line may name it.  Around the run the guest drops its caches and asks the host how
+many fds the daemon holds (``daemon_fds`` through the HOSTOP channel of conformance.py):
+after the stress and a second drop the count must be back where it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conformance import Host, drop_caches  # noqa: E402  (a sibling script, not a package)
+
+STRESSORS = ("dir", "dentry", "rename", "link", "symlink", "flock", "fcntl", "lockf", "mmap",
+             "sync-file", "fallocate", "seek", "hdd")
+#: Sizes kept small: the guest is a 512 MiB TCG machine, and the point is correctness.
+SIZE_OPTIONS = ["--hdd-bytes", "8M", "--mmap-bytes", "8M", "--fallocate-bytes", "8M",
+                "--seek-size", "8M", "--sync-file-bytes", "8M"]
+#: fds the daemon may hold beyond the starting count after the guest forgot everything
+#: (the stress folder itself, still looked up by the guest, and a few kernel-pinned inodes).
+FD_SLACK = 4
+
+
+def settled_fd_count(host: Host) -> int:
+    """The daemon's fd count once FORGETs from a cache drop have been processed."""
+    drop_caches()
+    previous = None
+    for _ in range(20):
+        time.sleep(0.25)
+        count = host("daemon_fds", ".")["count"]
+        if count == previous:
+            return count
+        previous = count
+    return previous
+
+
+def report(label: str, name: str, ok: bool, detail: str = "") -> None:
+    line = f"RESULT {label}.{name} {'ok' if ok else 'fail'} {detail}".rstrip()
+    print(line.replace("\n", " | ")[:600], flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mount", help="the virtio-fs mount")
+    parser.add_argument("--label", default="fs")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--host-requests", help="see conformance.py")
+    parser.add_argument("--host-share", help="see conformance.py")
+    parser.add_argument("--list", action="store_true", help="print the check names and exit")
+    options = parser.parse_args()
+    names = [f"stress_{stressor.replace('-', '_')}" for stressor in STRESSORS] + ["stress_no_fd_growth"]
+    if options.list:
+        print("\n".join(names))
+        return 0
+    if not options.mount:
+        parser.error("--mount is required")
+    host = Host(options.label, options.host_requests, options.host_share)
+    folder = os.path.join(options.mount, f"stress-{options.label}")
+    os.makedirs(folder, exist_ok=True)
+    fds_before = settled_fd_count(host) if host.available else None
+
+    command = ["stress-ng", "--temp-path", folder, "--timeout", f"{options.seconds}s", "--verify",
+               "--metrics-brief", *SIZE_OPTIONS]
+    for stressor in STRESSORS:
+        command += [f"--{stressor}", "1"]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=folder,
+                               timeout=options.seconds * 6 + 60)
+    output = completed.stdout + completed.stderr
+    print(f"NOTE {options.label}.stress-ng exit {completed.returncode}", flush=True)
+    for line in output.splitlines():
+        if re.search(r"stress-ng: (fail|error|warn)", line):
+            print(f"NOTE {options.label}.stress-ng {line.strip()[:300]}", flush=True)
+    failures = 0
+    for stressor, name in zip(STRESSORS, names):
+        failed = [line for line in output.splitlines()
+                  if re.search(rf"stress-ng: (fail|error):.*\b{re.escape(stressor)}\b", line)]
+        ran = re.search(rf"stress-ng: \w+:\s+\[\d+\]\s+{re.escape(stressor)}\s+\d+", output)
+        ok = not failed and bool(ran)
+        detail = failed[0] if failed else ("" if ran else f"no metrics (exit {completed.returncode})")
+        report(options.label, name, ok, detail)
+        failures += not ok
+
+    if host.available:
+        os.chdir("/")
+        fds_after = settled_fd_count(host)
+        ok = fds_after <= fds_before + FD_SLACK
+        report(options.label, "stress_no_fd_growth", ok,
+               f"daemon fds {fds_before} before, {fds_after} after (slack {FD_SLACK})")
+        failures += not ok
+    else:
+        report(options.label, "stress_no_fd_growth", False, "needs the host side")
+        failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
