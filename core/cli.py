@@ -38,8 +38,6 @@ NOT_YET = {
     "xattrmap": "extended-attribute mapping",
     "security_label": "security labels",
     "modcaps": "capability management",
-    "allow_mmap": "DIRECT_IO_ALLOW_MMAP",
-    "killpriv_v2": "KILLPRIV_V2",
     "uid_map": "user-namespace id maps",
     "gid_map": "user-namespace id maps",
     "translate_uid": "uid translation",
@@ -151,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Load the third-party plugin NAME (entry point of the group virtiofsd.plugins); "
         "nothing else is loaded unless named")
     add("-V", "--version", action="version", version=f"virtiofsd {__version__}")
+    # Locks have no long option (as in the Rust daemon): only -o [no_]posix_lock, -o [no_]flock.
+    p.set_defaults(posix_lock=True, flock=True)
     return p
 
 
@@ -166,12 +166,10 @@ _COMPAT_FLAGS = {
     "security_label": ("security_label", True), "no_security_label": ("security_label", False),
     "killpriv_v2": ("killpriv_v2", True), "no_killpriv_v2": ("killpriv_v2", False),
     "announce_submounts": ("announce_submounts", True),
+    "posix_lock": ("posix_lock", True), "no_posix_lock": ("posix_lock", False),
+    "flock": ("flock", True), "no_flock": ("flock", False),
 }
-#: Accepted because they ask for what is already the behaviour (locks are off).
-_COMPAT_NOOPS = {"no_posix_lock", "no_flock"}
 _COMPAT_REFUSED = {
-    "flock": "flock locks are not implemented yet",
-    "posix_lock": "POSIX locks are not implemented yet",
     "allow_root": "allow_root has no meaning for virtio-fs",
 }
 _COMPAT_CACHE = {"auto": "auto", "always": "always", "none": "never", "never": "never",
@@ -187,8 +185,6 @@ def apply_compat_options(args: argparse.Namespace, option_strings: Sequence[str]
                 if key in _COMPAT_FLAGS:
                     attribute, flag_value = _COMPAT_FLAGS[key]
                     setattr(args, attribute, flag_value)
-                elif key in _COMPAT_NOOPS:
-                    continue
                 elif key in _COMPAT_REFUSED:
                     raise CompatOptionError(f"-o {key}: {_COMPAT_REFUSED[key]}")
                 else:
@@ -312,6 +308,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         announce_submounts=args.announce_submounts is not False,
         inode_file_handles=inode_store,
         preserve_noatime=args.preserve_noatime,
+        allow_mmap=bool(args.allow_mmap),
+        killpriv_v2=bool(args.killpriv_v2),
+        posix_lock=args.posix_lock,
+        flock=args.flock,
         sandbox=sandbox,
         seccomp=seccomp,
         rlimit_nofile=args.rlimit_nofile,

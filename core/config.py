@@ -62,6 +62,10 @@ class Config:
     inode_file_handles: str = "never"
     preserve_noatime: bool = False
     killpriv_v2: bool = False
+    #: POSIX record locks served by the daemon (``-o no_posix_lock``: the guest keeps them).
+    posix_lock: bool = True
+    #: flock(2) locks served by the daemon (``-o no_flock``: the guest keeps them).
+    flock: bool = True
     xattr: bool = False
     posix_acl: bool = False
     security_label: bool = False

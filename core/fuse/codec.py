@@ -490,6 +490,20 @@ def _init(args: Buffer, nodeid: int, session: Any) -> dict[str, Any]:
             "flags2": flags2}
 
 
+def _lk(args: Buffer, nodeid: int, session: Any) -> dict[str, Any]:
+    fh, owner, start, end, lock_type, pid, lk_flags, _padding = _fixed(abi.LK_IN, args, "LK")
+    return {"nodeid": nodeid, "fh": fh, "owner": owner, "start": start, "end": end,
+            "lock_type": lock_type, "pid": pid, "lk_flags": lk_flags}
+
+
+def _setlk(args: Buffer, nodeid: int, session: Any) -> dict[str, Any]:
+    return {**_lk(args, nodeid, session), "sleep": False}
+
+
+def _setlkw(args: Buffer, nodeid: int, session: Any) -> dict[str, Any]:
+    return {**_lk(args, nodeid, session), "sleep": True}
+
+
 #: INIT is decoded like any request, but the router negotiates before it calls the hook.
 INIT = Operation("virtiofsd_fuse_init", _init)
 
@@ -533,6 +547,10 @@ OPERATIONS: dict[int, Operation] = {
     Op.LSEEK: Operation("virtiofsd_fuse_lseek", _lseek),
     Op.COPY_FILE_RANGE: Operation("virtiofsd_fuse_copy_file_range", _copy_file_range),
     Op.SYNCFS: Operation("virtiofsd_fuse_syncfs", _syncfs),
+    Op.GETLK: Operation("virtiofsd_fuse_getlk", _lk),
+    Op.SETLK: Operation("virtiofsd_fuse_setlk", _setlk),
+    Op.SETLKW: Operation("virtiofsd_fuse_setlk", _setlkw),
+    Op.TMPFILE: Operation("virtiofsd_fuse_tmpfile", _create),
 }
 
 

@@ -206,5 +206,21 @@ class XattrSizeReply:
         return abi.GETXATTR_OUT.pack(self.size, 0)
 
 
+class LockReply:
+    """``fuse_lk_out``: a conflicting lock (byte range inclusive, type, holder's guest pid), or
+    type ``F_UNLCK`` when nothing conflicts."""
+
+    __slots__ = ("start", "end", "lock_type", "pid")
+
+    def __init__(self, start: int, end: int, lock_type: int, pid: int) -> None:
+        self.start = start
+        self.end = end
+        self.lock_type = lock_type
+        self.pid = pid
+
+    def encode(self) -> bytes:
+        return abi.LK_OUT.pack(self.start, self.end, self.lock_type, self.pid)
+
+
 #: The body of a successful reply that carries no data (UNLINK, RELEASE, FSYNC, ...).
 EMPTY = b""

@@ -11,7 +11,12 @@ Answering policy:
   serving); any other exception is a bug: logged with its traceback, answered EIO.
 - Before the first successful INIT every request is answered EIO, as the C daemon does (the
   Rust one lets them reach an empty inode table, which answers EBADF).
-- FORGET, BATCH_FORGET and INTERRUPT never get a reply, whatever happens.
+- FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY never get a reply, whatever happens
+  (NOTIFY_REPLY answers a notification, and this daemon sends none).
+- A hook may return a :class:`~virtiofsd.deferred.Deferred` (a blocking lock wait): the router
+  then returns a deferred byte count, resolved once the hook's deferred resolves and the reply
+  is written.  The guest's FUSE_INTERRUPT of such a request cancels it (the hook answers EINTR);
+  an INTERRUPT that overtakes its request is remembered for a while.
 - What a hook returns becomes the reply body: an object's ``.encode()``, ``bytes`` as they are,
   an ``int`` from WRITE as ``fuse_write_out``, an ``int`` from READ as the number of bytes the
   plugin placed in the :class:`~virtiofsd.fuse.codec.ReplySink` (READ may return ``bytes``
@@ -32,9 +37,11 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from virtiofsd.deferred import Deferred
 from virtiofsd.errors import FuseError, GuestProtocolError
 from virtiofsd.fuse import abi, codec
 from virtiofsd.fuse.context import Request
@@ -45,7 +52,9 @@ from virtiofsd.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 Op = abi.Opcode
-_NO_REPLY = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT))
+_NO_REPLY = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY))
+#: How many INTERRUPTs of requests not (yet) waiting are remembered.
+_EARLY_INTERRUPTS = 64
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 # Plain ints for the per-request comparisons: an enum member is a class attribute lookup.
 _INIT = int(Op.INIT)
@@ -54,6 +63,7 @@ _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
 _INTERRUPT = int(Op.INTERRUPT)
 _OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
+_IN_HEADER_SIZE = codec.IN_HEADER_SIZE
 
 
 def _opcode_name(opcode: int) -> str:
@@ -84,6 +94,10 @@ class FuseRouter:
         #: opcode -> (operation, hook caller), built once.
         self._table = {opcode: (operation, getattr(pm.hook, operation.hook_name))
                        for opcode, operation in codec.OPERATIONS.items()}
+        #: unique -> the hook's deferred reply, for INTERRUPT to cancel.
+        self._waiting: dict[int, Deferred] = {}
+        self._early_interrupts: deque[int] = deque(maxlen=_EARLY_INTERRUPTS)
+        self._waiting_lock = threading.Lock()
 
     @property
     def session(self) -> FuseSession:
@@ -163,6 +177,8 @@ class FuseRouter:
         else:
             encode = getattr(result, "encode", None)
             if encode is None:
+                if isinstance(result, Deferred):
+                    return self._defer(writable, unique, opcode, result)  # type: ignore[return-value]
                 log.error("%s (unique %d): a hook returned %r, which is not a reply",
                           _opcode_name(opcode), unique, result)
                 return codec.write_error(writable, unique, errno.EIO)
@@ -173,6 +189,43 @@ class FuseRouter:
                                      "writable bytes", _opcode_name(opcode), unique, len(body),
                                      sum(len(view) for view in writable))
         return written
+
+    def _defer(self, writable: Sequence[memoryview], unique: int, opcode: int,
+               pending: Deferred) -> Deferred:
+        """Answer later: a deferred byte count, resolved when ``pending`` is and its reply is
+        written."""
+        written = Deferred(cancel=pending.cancel)
+
+        def answer(result: Any) -> None:
+            with self._waiting_lock:
+                self._waiting.pop(unique, None)
+            if isinstance(result, (FuseError, OSError)):
+                written.resolve(codec.write_error(writable, unique, result.errno or errno.EIO))
+            elif isinstance(result, BaseException):
+                log.error("%s (unique %d) failed while waiting: %r", _opcode_name(opcode),
+                          unique, result)
+                written.resolve(codec.write_error(writable, unique, errno.EIO))
+            else:
+                written.resolve(self._reply(writable, unique, opcode, result))
+
+        with self._waiting_lock:
+            self._waiting[unique] = pending
+            interrupted = unique in self._early_interrupts
+        pending.add_callback(answer)
+        if interrupted:
+            pending.cancel()
+        return written
+
+    def _interrupt(self, readable: Sequence[memoryview]) -> None:
+        """FUSE_INTERRUPT: cancel the waiting request it names, or remember it for a while."""
+        (target,) = abi.INTERRUPT_IN.unpack(b"".join(codec.gather(
+            readable, _IN_HEADER_SIZE, _IN_HEADER_SIZE + abi.INTERRUPT_IN.size)))
+        with self._waiting_lock:
+            pending = self._waiting.get(target)
+            if pending is None:
+                self._early_interrupts.append(target)
+                return
+        pending.cancel()
 
     def _read_reply(self, writable: Sequence[memoryview], unique: int, result: Any,
                     sink: codec.ReplySink) -> int:
@@ -189,13 +242,19 @@ class FuseRouter:
 
     def _serve_without_reply(self, queue_index: int, readable: Sequence[memoryview],
                              header: tuple[int, ...]) -> None:
-        """FORGET, BATCH_FORGET, INTERRUPT: act, never answer (the guest waits for nothing)."""
+        """FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY: act, never answer (nothing waits)."""
         opcode = header[1]
         session = self._session
-        if opcode == _INTERRUPT or not session.initialized:
+        if not session.initialized:
             return
-        operation, hook = self._table[opcode]
+        entry = self._table.get(opcode)
         try:
+            if opcode == _INTERRUPT:
+                self._interrupt(readable)
+                return
+            if entry is None:
+                return
+            operation, hook = entry
             req, kwargs = codec.decode_request(readable, header, operation, session)
             hook(req=req, **kwargs)
         except (GuestProtocolError, FuseError, OSError) as exc:

@@ -8,7 +8,7 @@ The rules follow the Rust virtiofsd (the drop-in we replace):
   with major 7 (the kernel's way of downgrading);
 - a feature is switched on only when the guest offered it *and* this daemon supports it under
   the current configuration (:data:`FEATURE_RULES`).  Features that belong to later work
-  (locks, ACLs, security labels, killpriv v2, NFS export, supplementary groups, idmap) have rows
+  (ACLs, security labels, NFS export, supplementary groups, idmap) have rows
   with :func:`not_yet`, so enabling one is a one-line change next to its reason;
 - ``flags2`` (bits 32..63) is read only when the guest set INIT_EXT, and INIT_EXT is echoed in
   the reply whenever the guest offered it, so the kernel reads our ``flags2``.
@@ -69,14 +69,14 @@ FEATURE_RULES: tuple[tuple[F, Callable[[Any], bool], str], ...] = (
     (F.HAS_IOCTL_DIR, always, "echoed as the Rust daemon does (IOCTL itself is ENOSYS)"),
     (F.INIT_EXT, always, "flags2 is valid in both directions"),
     (F.DIRECT_IO_ALLOW_MMAP, lambda config: config.allow_mmap, "--allow-mmap"),
-    (F.POSIX_LOCKS, not_yet, "GETLK/SETLK/SETLKW are answered ENOSYS"),
-    (F.FLOCK_LOCKS, not_yet, "flock() goes through SETLK, answered ENOSYS"),
+    (F.POSIX_LOCKS, lambda config: config.posix_lock, "-o no_posix_lock leaves them to the guest"),
+    (F.FLOCK_LOCKS, lambda config: config.flock, "-o no_flock leaves flock() to the guest"),
     (F.EXPORT_SUPPORT, not_yet, "LOOKUP of '.' and '..' for NFS export"),
     (F.POSIX_ACL, not_yet, "--posix-acl (needs DONT_MASK and SETXATTR_EXT with it)"),
     (F.DONT_MASK, not_yet, "only with POSIX ACLs"),
     (F.SETXATTR_EXT, not_yet, "only with POSIX ACLs"),
     (F.SECURITY_CTX, not_yet, "--security-label"),
-    (F.HANDLE_KILLPRIV_V2, not_yet, "--killpriv-v2"),
+    (F.HANDLE_KILLPRIV_V2, lambda config: config.killpriv_v2, "--killpriv-v2"),
     (F.CREATE_SUPP_GROUP, not_yet, "creation with the caller's supplementary group"),
     (F.ALLOW_IDMAP, not_yet, "idmapped mounts in the guest"),
 )

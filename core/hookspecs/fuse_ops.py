@@ -242,6 +242,39 @@ def virtiofsd_fuse_copy_file_range(req: Any, nodeid: int, fh_in: int, off_in: in
     """copy_file_range(2) between two open files.  :returns: a ``WriteReply``."""
 
 
+@hookspec(firstresult=True)
+def virtiofsd_fuse_tmpfile(req: Any, parent: int, name: bytes, mode: int, flags: int, umask: int,
+                           open_flags: int) -> Any:
+    """open(2) with O_TMPFILE in the folder ``parent``: an unnamed regular file owned by the
+    caller, open for I/O.  ``name`` is a placeholder the guest kernel sends (``/``).
+    :returns: a ``CreateReply`` (the new inode counts one lookup)."""
+
+
+# --- Locks (served when POSIX_LOCKS or FLOCK_LOCKS was negotiated) ----------------------------
+
+
+@hookspec(firstresult=True)
+def virtiofsd_fuse_getlk(req: Any, nodeid: int, fh: int, owner: int, start: int, end: int,
+                         lock_type: int, pid: int, lk_flags: int) -> Any:
+    """F_GETLK: the first lock held by another owner that conflicts with the byte range
+    ``start``..``end`` (inclusive; ``end`` 2**63-1 means "to the end of the file") of type
+    ``lock_type`` (``F_RDLCK``/``F_WRLCK``).  ``owner`` is the guest's lock owner (one per
+    process for POSIX locks).  :returns: a ``LockReply`` (type ``F_UNLCK`` when none conflicts)."""
+
+
+@hookspec(firstresult=True)
+def virtiofsd_fuse_setlk(req: Any, nodeid: int, fh: int, owner: int, start: int, end: int,
+                         lock_type: int, pid: int, lk_flags: int, sleep: bool) -> Any:
+    """F_SETLK (``sleep`` False) or F_SETLKW (``sleep`` True); with ``abi.LK_FLOCK`` in
+    ``lk_flags``, flock(2) of the open file ``fh`` instead of a POSIX record lock.
+
+    A conflict without ``sleep`` is EAGAIN.  With ``sleep`` the hook must not block the thread
+    that called it: it returns a :class:`virtiofsd.deferred.Deferred` resolved later with
+    ``EMPTY`` (or an error), and answers EINTR when that deferred is cancelled (FUSE_INTERRUPT,
+    the device stopping).  :returns: ``EMPTY`` or a ``Deferred``.
+    """
+
+
 # --- Folders -------------------------------------------------------------------------------------
 
 

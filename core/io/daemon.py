@@ -25,6 +25,12 @@ of order from the pool's threads; they are serialised by the queue's completion 
 covers the used ring and the notification decision.  Stopping a ring waits until every chain it
 handed out has completed, so the base reported to the front-end never leaves a request behind.
 
+Deferred replies: a handler may return a :class:`~virtiofsd.deferred.Deferred` instead of a byte
+count (a blocking lock wait).  The chain stays out until it resolves; with a pool it is completed
+like any pool completion, without one the resolving thread queues it for the worker and wakes it,
+so the used ring keeps a single writer.  Stopping a ring cancels what still waits, then waits for
+it like for the pool.
+
 A handler exception is a bug in the layer above: it is logged with its traceback, the chain
 is completed with 0 bytes and serving continues.  Guest mistakes (a malformed chain, a bad
 request) are logged at a limited rate, so a misbehaving guest cannot flood the log.
@@ -37,9 +43,11 @@ import os
 import select
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+from virtiofsd.deferred import Deferred
 from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.io.unix_socket import receive_message, send_message
 from virtiofsd.ratelimit import RateLimitedLog
@@ -93,6 +101,10 @@ class QueueWorker:
         self._completion_lock = threading.Lock()
         self._in_flight = 0
         self._all_completed = threading.Condition(self._completion_lock)
+        #: Deferred replies not yet resolved (cancelled when the ring stops).
+        self._deferred: set[Deferred] = set()
+        #: Without a pool: resolved deferred chains, (head, written), for the worker to complete.
+        self._resolved: deque[tuple[int, int]] = deque()
         self._stopping = False
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread = threading.Thread(
@@ -112,7 +124,16 @@ class QueueWorker:
         self._thread.join()
         with self._all_completed:
             while self._in_flight:
-                self._all_completed.wait()
+                waiting = list(self._deferred)
+                if waiting:
+                    self._all_completed.release()
+                    try:
+                        for deferred in waiting:
+                            deferred.cancel()
+                    finally:
+                        self._all_completed.acquire()
+                self._all_completed.wait(0.1)
+        self._complete_resolved()
         os.close(self._wake_fd)
         self._wake_fd = -1
 
@@ -161,6 +182,10 @@ class QueueWorker:
         vring = self._vring
         if not vring.enabled:
             return
+        if self._resolved:
+            self._complete_resolved()
+            if queue.needs_notification():
+                vring.signal_call()
         inline = self._pool is None
         while not self._stopping:
             queue.disable_notifications()
@@ -198,11 +223,14 @@ class QueueWorker:
                     self._in_flight += 1
                 self._pool.submit(self._serve_in_pool, chain)
                 continue
-            push_used(chain.head, serve_chain(chain))
+            written = serve_chain(chain)
+            if written is not None:
+                push_used(chain.head, written)
         return True
 
-    def _serve_chain(self, chain: DescriptorChain) -> int:
-        """Run the handler on one chain; the bytes it wrote, or 0 when it failed."""
+    def _serve_chain(self, chain: DescriptorChain) -> int | None:
+        """Run the handler on one chain; the bytes it wrote, 0 when it failed, None when its
+        reply was deferred (the chain is completed when that resolves)."""
         index = self._index
         try:
             written = self._handle_chain(index, chain.readable, chain.writable)
@@ -214,6 +242,9 @@ class QueueWorker:
             logger.exception("ring %d: request handler failed on chain %d", index, chain.head)
             return 0
         if not isinstance(written, int) or not 0 <= written <= chain.writable_bytes:
+            if isinstance(written, Deferred):
+                self._defer(chain, written)
+                return None
             logger.error("ring %d: handler claims %r bytes written into %d writable bytes; "
                          "completing the chain with 0", index, written, chain.writable_bytes)
             return 0
@@ -222,12 +253,50 @@ class QueueWorker:
     def _serve_in_pool(self, chain: DescriptorChain) -> None:
         """A pool thread's job: serve the chain, complete it, and count it as done."""
         try:
-            self._complete_out_of_order(chain.head, self._serve_chain(chain))
+            written = self._serve_chain(chain)
+            if written is not None:
+                self._complete_out_of_order(chain.head, written)
         finally:
             with self._completion_lock:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._all_completed.notify_all()
+
+    def _defer(self, chain: DescriptorChain, deferred: Deferred) -> None:
+        """Keep ``chain`` out until ``deferred`` resolves with the bytes written."""
+        head = chain.head
+        limit = chain.writable_bytes
+        with self._completion_lock:
+            self._in_flight += 1
+            self._deferred.add(deferred)
+
+        def resolved(written: object) -> None:
+            if not isinstance(written, int) or not 0 <= written <= limit:
+                logger.error("ring %d: deferred reply of chain %d resolved with %r; completing "
+                             "it with 0", self._index, head, written)
+                written = 0
+            try:
+                if self._pool is None:
+                    self._resolved.append((head, written))
+                    self.wake()
+                else:
+                    self._complete_out_of_order(head, written)
+            finally:
+                with self._completion_lock:
+                    self._deferred.discard(deferred)
+                    self._in_flight -= 1
+                    if not self._in_flight:
+                        self._all_completed.notify_all()
+
+        deferred.add_callback(resolved)
+
+    def _complete_resolved(self) -> None:
+        """Without a pool: put the resolved deferred chains on the used ring (worker only)."""
+        push_used = self._queue.push_used
+        resolved = self._resolved
+        while resolved:
+            head, written = resolved.popleft()
+            push_used(head, written)
 
     def _complete_out_of_order(self, head: int, written: int) -> None:
         """Put one chain on the used ring and notify the driver if it asked to be."""

@@ -105,3 +105,23 @@ def _restore(uid: int | None, gid: int | None, groups: list[int] | None) -> None
     except OSError:
         log.critical("could not restore the thread's credentials (uid %s, gid %s)", uid, gid)
         raise
+
+
+@contextlib.contextmanager
+def without_fsetid(drop: bool = True) -> Iterator[None]:
+    """Lower CAP_FSETID in the calling thread's effective set for the block (when ``drop``).
+
+    The host kernel clears setuid and setgid on a write, a truncation or an O_TRUNC open only
+    when the writer lacks CAP_FSETID.  With HANDLE_KILLPRIV_V2 the guest leaves that clearing
+    to the daemon, which runs with the capability: lowering it lets the host kernel do the
+    clearing exactly as for the unprivileged guest writer.  Capabilities are per thread, so other
+    requests are unaffected.  Nothing happens when the capability is not effective.
+    """
+    if not drop or not prctl.cap_effective.fsetid:
+        yield
+        return
+    prctl.cap_effective.fsetid = False
+    try:
+        yield
+    finally:
+        prctl.cap_effective.fsetid = True

@@ -54,6 +54,7 @@ __all__ = [
     "FuseReplyError",
     "InitOut",
     "LINUX_6_1_INIT_FLAGS",
+    "LockOut",
     "OpenOut",
     "RawDescriptor",
     "RawTicket",
@@ -108,6 +109,10 @@ _MAX_ERRNO = 4095
 
 
 # -- errors and parsed replies ----------------------------------------------------------------
+
+
+#: The kernel's OFFSET_MAX: a lock ending there runs to the end of the file.
+OFFSET_MAX = (1 << 63) - 1
 
 
 class FuseReplyError(OSError):
@@ -173,6 +178,15 @@ class InitOut(NamedTuple):
     time_gran: int
     max_pages: int
     map_alignment: int
+
+
+class LockOut(NamedTuple):
+    """``fuse_lk_out``: the conflicting lock GETLK found (type F_UNLCK: none)."""
+
+    start: int
+    end: int
+    lock_type: int
+    pid: int
 
 
 class StatfsOut(NamedTuple):
@@ -855,6 +869,45 @@ class FuseClient:
         entry = parse_entry(payload, Opcode.CREATE)
         opened = _unpack(abi.OPEN_OUT, payload, Opcode.CREATE, abi.ENTRY_OUT.size)
         return entry, OpenOut(opened[0], opened[1])
+
+    def tmpfile(
+        self, parent: int, mode: int = 0o600, flags: int = os.O_RDWR | os.O_TMPFILE,
+        umask: int = 0, open_flags: int = 0,
+    ) -> tuple[EntryOut, OpenOut]:
+        """FUSE_TMPFILE as Linux sends it for open(2) with O_TMPFILE (the name is ``/``)."""
+        body = (abi.CREATE_IN.pack(flags, mode, umask, open_flags), b"/\0")
+        payload = self.call(Opcode.TMPFILE, parent, body, abi.ENTRY_OUT.size + abi.OPEN_OUT.size)
+        entry = parse_entry(payload, Opcode.TMPFILE)
+        opened = _unpack(abi.OPEN_OUT, payload, Opcode.TMPFILE, abi.ENTRY_OUT.size)
+        return entry, OpenOut(opened[0], opened[1])
+
+    # -- locks --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _lk_body(fh: int, owner: int, start: int, end: int, lock_type: int, pid: int,
+                 flock: bool) -> bytes:
+        return abi.LK_IN.pack(fh, owner, start, end, lock_type, pid,
+                              abi.LK_FLOCK if flock else 0, 0)
+
+    def getlk(self, nodeid: int, fh: int, owner: int, start: int = 0, end: int = OFFSET_MAX,
+              lock_type: int = 1, pid: int = 0) -> LockOut:
+        """F_GETLK of ``start``..``end`` (inclusive; OFFSET_MAX: to the end); type 1 is F_WRLCK."""
+        body = self._lk_body(fh, owner, start, end, lock_type, pid, False)
+        payload = self.call(Opcode.GETLK, nodeid, body, abi.LK_OUT.size)
+        return LockOut._make(_unpack(abi.LK_OUT, payload, Opcode.GETLK))
+
+    def setlk(self, nodeid: int, fh: int, owner: int, start: int = 0, end: int = OFFSET_MAX,
+              lock_type: int = 1, pid: int = 0, *, flock: bool = False) -> None:
+        """F_SETLK (or flock(LOCK_NB) with ``flock``); types 0 F_RDLCK, 1 F_WRLCK, 2 F_UNLCK."""
+        self.call(Opcode.SETLK, nodeid, self._lk_body(fh, owner, start, end, lock_type, pid,
+                                                      flock), 0)
+
+    def submit_setlkw(self, nodeid: int, fh: int, owner: int, start: int = 0,
+                      end: int = OFFSET_MAX, lock_type: int = 1, pid: int = 0, *,
+                      flock: bool = False) -> RequestTicket:
+        """F_SETLKW without waiting for it: collect the answer with :meth:`wait`."""
+        return self.submit(Opcode.SETLKW, nodeid,
+                           self._lk_body(fh, owner, start, end, lock_type, pid, flock), 0)
 
     def read(
         self,

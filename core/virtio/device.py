@@ -40,6 +40,10 @@ class ChainHandler(Protocol):
         outlive it.  Called from the queue's worker thread; different queues run concurrently.
         Raising ``GuestProtocolError`` means the request was malformed; any other exception is
         a bug.  Either way the chain is completed with 0 bytes and serving goes on.
+
+        A request that must wait returns a :class:`virtiofsd.deferred.Deferred` instead, resolved
+        later (from any thread) with the byte count; its views stay valid until then, and
+        cancelling it must lead to its resolution soon (the ring stopping cancels it).
         """
         ...
 

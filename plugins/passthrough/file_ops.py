@@ -1,4 +1,4 @@
-"""Open files: OPEN, CREATE, READ, WRITE, FLUSH, RELEASE, FSYNC, FALLOCATE, LSEEK,
+"""Open files: OPEN, CREATE, TMPFILE, READ, WRITE, FLUSH, RELEASE, FSYNC, FALLOCATE, LSEEK,
 COPY_FILE_RANGE, SYNCFS.
 
 READ and WRITE move data straight between the host file and guest memory (``os.preadv`` into
@@ -9,6 +9,10 @@ O_APPEND never reaches the host descriptor.  A write the guest marks WRITE_CACHE
 cache or mmap) carries the exact offset the guest computed and must land there; any other write
 of a file the guest opened O_APPEND is appended atomically on the host with RWF_APPEND, which
 keeps appends from several guests sharing the folder intact.
+
+With HANDLE_KILLPRIV_V2 the guest leaves the clearing of setuid/setgid to the daemon: an OPEN
+with OPEN_KILL_SUIDGID (O_TRUNC) and a WRITE with WRITE_KILL_SUIDGID run without CAP_FSETID, so
+the host kernel clears the bits as for the guest's unprivileged caller.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, CreateReply, LseekReply, OpenReply, WriteReply
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import thread_credentials
+from virtiofsd.sys.credentials import thread_credentials, without_fsetid
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
@@ -31,6 +35,12 @@ from virtiofsd_plugins.passthrough.state import PassthroughState
 #: of fuse_write_out.
 MAX_RW_COUNT = 0x7FFFF000
 _MAX_OFFSET = (1 << 63) - 1
+_KILLPRIV_V2 = int(abi.InitFlag.HANDLE_KILLPRIV_V2)
+
+
+def _kills_suidgid(req: Any, flag: int) -> bool:
+    """Whether the request's kill-suidgid ``flag`` counts: only under HANDLE_KILLPRIV_V2."""
+    return bool(flag and req.session.flags & _KILLPRIV_V2)
 
 
 class FileOps:
@@ -47,7 +57,9 @@ class FileOps:
         flags belong to CREATE: O_CREAT or O_TMPFILE here is EINVAL, as from the C daemon."""
         if flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE:
             raise FuseError(errno.EINVAL, "OPEN with O_CREAT or O_TMPFILE")
-        return self._state.open_handle(req, self._inodes.get(nodeid), flags, directory=False)
+        with without_fsetid(_kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID)):
+            return self._state.open_handle(req, self._inodes.get(nodeid), flags,
+                                           directory=False)
 
     @hookimpl
     def virtiofsd_fuse_create(self, req: Any, parent: int, name: bytes, mode: int, flags: int,
@@ -66,7 +78,25 @@ class FileOps:
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
-            return self._open_existing(req, parent_inode, name, flags)
+            return self._open_existing(req, parent_inode, name, flags, open_flags)
+        return self._created(req, parent_inode, fd)
+
+    @hookimpl
+    def virtiofsd_fuse_tmpfile(self, req: Any, parent: int, name: bytes, mode: int, flags: int,
+                               umask: int, open_flags: int) -> Any:
+        """An unnamed file in ``parent`` (open(2) with O_TMPFILE), created as the caller; the
+        guest may give it a name later with LINK.  ``name`` is the kernel's placeholder."""
+        state = self._state
+        parent_inode = self._inodes.get(parent)
+        host_flags = (state.host_open_flags(flags & ~os.O_TMPFILE, req.session.flags)
+                      | flags & os.O_EXCL | os.O_TMPFILE)
+        with thread_credentials(req.uid, req.gid, req.supplementary_groups):
+            fd = os.open(".", host_flags, mode & 0o7777, dir_fd=parent_inode.fd)
+        return self._created(req, parent_inode, fd)
+
+    def _created(self, req: Any, parent_inode: Any, fd: int) -> CreateReply:
+        """Count a lookup of the file just created and opened as ``fd``, and give it a handle."""
+        state = self._state
         try:
             path_fd = os.open(str(fd), os.O_PATH | os.O_CLOEXEC, dir_fd=state.proc_self_fd)
             entry = state.entry_for_fd(req, parent_inode, path_fd)
@@ -76,12 +106,14 @@ class FileOps:
         fh = self._handles.insert(entry.nodeid, fd)
         return CreateReply(entry, OpenReply(fh, state.file_open_flags))
 
-    def _open_existing(self, req: Any, parent_inode: Any, name: bytes, flags: int) -> Any:
+    def _open_existing(self, req: Any, parent_inode: Any, name: bytes, flags: int,
+                       open_flags: int) -> Any:
         state = self._state
         entry = state.lookup(req, parent_inode, name)
         try:
-            opened = state.open_handle(req, self._inodes.get(entry.nodeid), flags,
-                                       directory=False)
+            with without_fsetid(_kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID)):
+                opened = state.open_handle(req, self._inodes.get(entry.nodeid), flags,
+                                           directory=False)
         except BaseException:
             self._inodes.forget(entry.nodeid, 1)
             raise
@@ -104,6 +136,9 @@ class FileOps:
         fd = self._handles.get(fh, nodeid).fd
         append = flags & os.O_APPEND and not write_flags & abi.WRITE_CACHE
         try:
+            if write_flags & abi.WRITE_KILL_SUIDGID and req.session.flags & _KILLPRIV_V2:
+                with without_fsetid():
+                    return os.pwritev(fd, data, offset, os.RWF_APPEND if append else 0)
             return os.pwritev(fd, data, offset, os.RWF_APPEND if append else 0)
         except OverflowError:
             raise FuseError(errno.EINVAL, f"write offset {offset} out of range") from None

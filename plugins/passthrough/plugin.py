@@ -8,7 +8,8 @@ three operation objects, which share it:
 - ``passthrough.entry_ops``: INIT/DESTROY, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, ACCESS,
   STATFS, and the unconfigure hook that releases the state;
 - ``passthrough.dir_ops``: creating, removing, renaming, reading folders;
-- ``passthrough.file_ops``: open files.
+- ``passthrough.file_ops``: open files;
+- ``passthrough.locks``: POSIX record locks and flock(2), held on the host.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from virtiofsd.errors import ConfigError
 from virtiofsd_plugins.passthrough.dir_ops import DirOps
 from virtiofsd_plugins.passthrough.entry_ops import EntryOps
 from virtiofsd_plugins.passthrough.file_ops import FileOps
+from virtiofsd_plugins.passthrough.locks import LockOps
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
 
@@ -37,3 +39,4 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
     pm.register(EntryOps(state), name="passthrough.entry_ops")
     pm.register(DirOps(state), name="passthrough.dir_ops")
     pm.register(FileOps(state), name="passthrough.file_ops")
+    pm.register(LockOps(state), name="passthrough.locks")

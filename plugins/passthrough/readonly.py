@@ -6,7 +6,7 @@ daemon's read-only wrapper, the refusal does not first check what a writable fil
 have answered (mkdir of an existing name is EROFS here, not EEXIST).
 
 OPEN and OPENDIR pass only read-only opens: write access, O_TRUNC or O_EXCL is EROFS.  ACCESS
-with W_OK is EROFS.  Everything else (lookups, reads, folder reads, fsync, statfs) passes.
+with W_OK is EROFS, and so is TMPFILE.  Locks pass (they change no data).  Everything else (lookups, reads, folder reads, fsync, statfs) passes.
 Unlike the Rust daemon, CREATE is refused outright rather than falling back to opening an
 existing file: the guest sends OPEN for names it knows exist.
 """
@@ -71,6 +71,7 @@ virtiofsd_fuse_unlink = _refusing_wrapper()
 virtiofsd_fuse_rmdir = _refusing_wrapper()
 virtiofsd_fuse_rename = _refusing_wrapper()
 virtiofsd_fuse_create = _refusing_wrapper()
+virtiofsd_fuse_tmpfile = _refusing_wrapper()
 virtiofsd_fuse_write = _refusing_wrapper()
 virtiofsd_fuse_fallocate = _refusing_wrapper()
 virtiofsd_fuse_copy_file_range = _refusing_wrapper()

@@ -32,6 +32,8 @@ def test_defaults_match_the_rust_daemon(base, tmp_path):
     assert not (config.writeback or config.allow_direct_io or config.readonly
                 or config.killpriv_v2 or config.xattr)
     assert config.log_level == "info"
+    assert not config.allow_mmap
+    assert config.posix_lock and config.flock, "locks are served unless -o no_posix_lock/no_flock"
 
 
 def test_unbuilt_defaults_fall_back_with_a_note(base):
@@ -47,8 +49,6 @@ def test_unbuilt_defaults_fall_back_with_a_note(base):
     (["--xattrmap", ":map::user.virtiofs.:"], "--xattrmap"),
     (["--security-label"], "--security-label"),
     (["--modcaps=+sys_admin"], "--modcaps"),
-    (["--allow-mmap"], "--allow-mmap"),
-    (["--killpriv-v2"], "--killpriv-v2"),
     (["--translate-uid", "map:0:1000:1"], "--translate-uid"),
     (["--uid-map", ":0:1000:1:"], "--uid-map"),
     (["--migration-mode", "file-handles"], "--migration-mode"),
@@ -79,11 +79,14 @@ def test_implemented_options(base):
                               "--readonly", "--no-readdirplus", "--no-announce-submounts",
                               "--preserve-noatime", "--thread-pool-size", "4", "--sandbox",
                               "none", "--seccomp", "none", "--no-killpriv-v2", "--log-level",
-                              "debug", "--tag", "myfs", "--rlimit-nofile", "0")
+                              "debug", "--tag", "myfs", "--rlimit-nofile", "0", "--allow-mmap")
     assert config.cache is CacheMode.NEVER and config.writeback and config.allow_direct_io
     assert config.readonly and not config.readdirplus and not config.announce_submounts
     assert config.preserve_noatime and config.thread_pool_size == 4
     assert config.log_level == "debug" and config.tag == "myfs" and config.rlimit_nofile == 0
+    assert config.allow_mmap and not config.killpriv_v2
+    assert parse(*base, "--killpriv-v2")[0].killpriv_v2
+    assert parse(*base, "-o", "killpriv_v2")[0].killpriv_v2
     assert not any("sandbox" in note or "seccomp" in note for note in fallbacks)
 
 
@@ -96,10 +99,20 @@ def test_compat_o_options(tmp_path):
     assert config.cache is CacheMode.NEVER and config.writeback and config.allow_direct_io
     assert not config.readdirplus and config.log_level == "debug"
     assert config.sandbox is Sandbox.NONE
+    assert not config.posix_lock and not config.flock
+
+
+@pytest.mark.parametrize("words, posix_lock, flock", [
+    ("posix_lock", True, True), ("flock", True, True), ("no_posix_lock", False, True),
+    ("no_flock", True, False), ("no_flock,flock", True, True),
+])
+def test_compat_o_lock_options(base, words, posix_lock, flock):
+    config, _ = parse(*base, "-o", words)
+    assert (config.posix_lock, config.flock) == (posix_lock, flock)
 
 
 @pytest.mark.parametrize("option, message", [
-    ("flock", "flock"), ("posix_lock", "POSIX locks"), ("timeout=5", "timeout"),
+    ("timeout=5", "timeout"),
     ("bogus", "unknown option"), ("cache=sometimes", "cache"), ("log_level=loud", "log level"),
 ])
 def test_compat_o_refusals(base, option, message):

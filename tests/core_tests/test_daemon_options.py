@@ -26,6 +26,7 @@ import pytest
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, InitFlag, Opcode
 from virtiofsd.testing import FuseReplyError, connect
+from virtiofsd.testing.fuse_client import LINUX_6_1_INIT_FLAGS
 
 MiB = 1 << 20
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -212,6 +213,7 @@ def test_readonly_refuses_every_change_and_still_reads(
             "open write": lambda: fuse.open(file_node, os.O_WRONLY),
             "open read-write": lambda: fuse.open(file_node, os.O_RDWR),
             "open truncate": lambda: fuse.open(file_node, os.O_RDONLY | os.O_TRUNC),
+            "tmpfile": lambda: fuse.tmpfile(ROOT_ID),
         }
         errors = {}
         for name, attempt in refusals.items():
@@ -227,6 +229,7 @@ def test_readonly_refuses_every_change_and_still_reads(
             # kernel answers for O_TRUNC on a read-only mount (EROFS), which is what a guest
             # program expects to see from a read-only file system.
             expected["open truncate"] = errno.EINVAL
+            expected["tmpfile"] = errno.ENOSYS  # Rust serves no TMPFILE at all
         assert errors == expected
         handle = fuse.open(file_node, os.O_RDONLY)
         assert fuse.read(file_node, handle.fh, 0, 100) == b"contents"
@@ -497,3 +500,62 @@ def test_log_says_when_it_waits_and_when_a_client_connects(start_daemon, share: 
         with session.connect() as fuse:
             assert fuse.getattr(ROOT_ID).attr.ino == os.stat(share).st_ino
             assert connected.search(session.log_text())
+
+
+# -- --killpriv-v2 and --allow-mmap ----------------------------------------------------------------
+
+
+@needs_root
+@pytest.mark.parametrize("killpriv", [False, True])
+def test_killpriv_v2_clears_setuid_and_setgid_as_for_an_unprivileged_writer(
+    start_daemon, share: Path, killpriv: bool
+) -> None:
+    """With HANDLE_KILLPRIV_V2 the guest does not clear setuid/setgid itself on a write, a
+    truncation or an O_TRUNC open by an unprivileged user: it flags the request, and the daemon
+    (which runs with CAP_FSETID) must have the host kernel clear them.  Without the option the
+    flags are not negotiated, the guest clears the bits itself with SETATTR, and a flagged
+    request changes nothing."""
+    names = ("written", "truncated", "opened")
+    for name in names:
+        path = share / name
+        path.write_bytes(b"data")
+        os.chown(path, 1000, 1000)
+        os.chmod(path, 0o6755)
+    option = "--killpriv-v2" if killpriv else "--no-killpriv-v2"
+    with start_daemon(share, option) as session:
+        fuse = session.client
+        assert bool(fuse.init_out.flags & InitFlag.HANDLE_KILLPRIV_V2) == killpriv
+        written = fuse.lookup(ROOT_ID, "written").nodeid
+        handle = fuse.open(written, os.O_RDWR)
+        assert fuse.write(written, handle.fh, 0, b"x", write_flags=abi.WRITE_KILL_SUIDGID) == 1
+        fuse.release(written, handle.fh)
+        truncated = fuse.lookup(ROOT_ID, "truncated").nodeid
+        fuse.setattr(truncated, size=1, kill_suidgid=True)
+        opened = fuse.lookup(ROOT_ID, "opened").nodeid
+        handle = fuse.open(opened, os.O_RDWR | os.O_TRUNC, abi.OPEN_KILL_SUIDGID)
+        fuse.release(opened, handle.fh)
+        plain = fuse.lookup(ROOT_ID, "file").nodeid
+        os.chmod(share / "file", 0o6755)
+        handle = fuse.open(plain, os.O_RDWR)
+        fuse.write(plain, handle.fh, 0, b"x")
+        fuse.release(plain, handle.fh)
+    for name in names:
+        assert (share / name).stat().st_mode & 0o7777 == (0o755 if killpriv else 0o6755), name
+    assert (share / "file").stat().st_mode & 0o7777 == 0o6755, "an unflagged write keeps them"
+    assert (share / "opened").stat().st_size == 0 and (share / "truncated").stat().st_size == 1
+
+
+@pytest.mark.parametrize("cache", ["never", "metadata", "auto"])
+def test_allow_mmap_negotiates_direct_io_allow_mmap(start_daemon, share: Path, cache: str) -> None:
+    """DIRECT_IO_ALLOW_MMAP lets the guest mmap files it opened with FOPEN_DIRECT_IO (the
+    ``never`` and ``metadata`` cache modes; Linux 6.6 and later offer it); both daemons send it
+    only with --allow-mmap."""
+    for options, expected in ((("--allow-mmap",), True), ((), False)):
+        with start_daemon(share, "--cache", cache, *options, init=False) as session:
+            fuse = session.client
+            fuse.init(LINUX_6_1_INIT_FLAGS | InitFlag.DIRECT_IO_ALLOW_MMAP)
+            assert bool(fuse.init_out.flags & InitFlag.DIRECT_IO_ALLOW_MMAP) == expected
+            nodeid = fuse.lookup(ROOT_ID, "file").nodeid
+            handle = fuse.open(nodeid, os.O_RDWR)
+            assert bool(handle.open_flags & abi.FOPEN_DIRECT_IO) == (cache != "auto")
+            fuse.release(nodeid, handle.fh)

@@ -113,6 +113,18 @@ CASES = [
      {"nodeid": NODE, "fh_in": 3, "off_in": 0, "nodeid_out": 9, "fh_out": 4, "off_out": 512,
       "length": 1024, "flags": 0}),
     (Op.SYNCFS, abi.SYNCFS_IN.pack(0), {"nodeid": NODE}),
+    (Op.GETLK, abi.LK_IN.pack(3, 0xABC, 10, 19, 1, 4242, 0, 0),
+     {"nodeid": NODE, "fh": 3, "owner": 0xABC, "start": 10, "end": 19, "lock_type": 1,
+      "pid": 4242, "lk_flags": 0}),
+    (Op.SETLK, abi.LK_IN.pack(3, 0xABC, 0, (1 << 63) - 1, 0, 4242, abi.LK_FLOCK, 0),
+     {"nodeid": NODE, "fh": 3, "owner": 0xABC, "start": 0, "end": (1 << 63) - 1,
+      "lock_type": 0, "pid": 4242, "lk_flags": abi.LK_FLOCK, "sleep": False}),
+    (Op.SETLKW, abi.LK_IN.pack(3, 0xABC, 5, 5, 1, 4242, 0, 0),
+     {"nodeid": NODE, "fh": 3, "owner": 0xABC, "start": 5, "end": 5, "lock_type": 1,
+      "pid": 4242, "lk_flags": 0, "sleep": True}),
+    (Op.TMPFILE, abi.CREATE_IN.pack(0o20200002, 0o600, 0o022, 0) + b"/\0",
+     {"parent": NODE, "name": b"/", "mode": 0o600, "flags": 0o20200002, "umask": 0o022,
+      "open_flags": 0}),
 ]
 
 WRITE_ARGS = abi.WRITE_IN.pack(3, 100, 11, abi.WRITE_CACHE, 0, 0o2, 0) + b"hello world"

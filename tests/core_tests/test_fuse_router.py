@@ -14,8 +14,10 @@ import pytest
 from fakes.memfs import MemFs
 from virtiofsd import hookimpl
 from virtiofsd.config import Config
+from virtiofsd.deferred import Deferred
 from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
+from virtiofsd.fuse.replies import EMPTY
 from virtiofsd.fuse.router import FuseRouter
 from virtiofsd.manager import make_plugin_manager
 
@@ -299,6 +301,13 @@ def test_forgets_are_served_without_a_reply(mounted, memfs):
     assert mounted.send(Op.INTERRUPT, abi.INTERRUPT_IN.pack(4), out=16, queue=0)[0] == 0
 
 
+def test_notify_reply_gets_no_reply(mounted, memfs):
+    """NOTIFY_REPLY answers a notification; the daemon sends none, and it is never answered."""
+    written, writable, _unique = mounted.send(Op.NOTIFY_REPLY, bytes(64), out=64)
+    assert written == 0
+    assert bytes(writable[0]) == bytes(16)
+
+
 def test_malformed_forgets_get_no_reply_either(mounted, memfs, caplog):
     batch = abi.BATCH_FORGET_IN.pack(1000, 0)
     assert mounted.send(Op.BATCH_FORGET, batch, out=16, queue=0)[0] == 0
@@ -311,10 +320,15 @@ def test_malformed_forgets_get_no_reply_either(mounted, memfs, caplog):
 
 
 @pytest.mark.parametrize("opcode", [Op.GETLK, Op.SETLK, Op.SETLKW, Op.BMAP, Op.IOCTL, Op.POLL,
-                                    Op.NOTIFY_REPLY, Op.SETUPMAPPING, Op.REMOVEMAPPING,
-                                    Op.TMPFILE, Op.STATX, 0, 99, 4096, 0xFFFFFFFF])
+                                    Op.SETUPMAPPING, Op.REMOVEMAPPING,
+                                    Op.STATX, 0, 99, 4096, 0xFFFFFFFF])
 def test_opcodes_nobody_serves_get_enosys(mounted, opcode):
     assert mounted.call(opcode, bytes(64)) == (errno.ENOSYS, b"")
+
+
+def test_tmpfile_without_an_implementation_gets_enosys(mounted):
+    args = abi.CREATE_IN.pack(os.O_RDWR | os.O_TMPFILE, 0o600, 0o022, 0) + b"/\0"
+    assert mounted.call(Op.TMPFILE, args) == (errno.ENOSYS, b"")
 
 
 def test_hooks_without_an_implementation_get_enosys(mounted, memfs):
@@ -463,3 +477,94 @@ def test_hiprio_and_request_queues_run_concurrently(mounted, memfs):
     assert not thread.is_alive()
     assert not errors
     assert sum(1 for name, _kwargs in memfs.calls if name == "forget") == 300
+
+
+# --- Deferred replies and FUSE_INTERRUPT --------------------------------------------------------
+
+
+class Waiting:
+    """A SETLKW implementation that waits until the test resolves it or it is cancelled."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    @hookimpl
+    def virtiofsd_fuse_setlk(self, req, nodeid, fh, owner, start, end, lock_type, pid, lk_flags,
+                             sleep):
+        if not sleep:
+            return EMPTY
+        holder: list[Deferred] = []
+
+        def cancel() -> None:
+            holder[0].resolve(FuseError(errno.EINTR, "interrupted"))
+
+        deferred = Deferred(cancel=cancel)
+        holder.append(deferred)
+        self.pending.append(deferred)
+        return deferred
+
+
+@pytest.fixture
+def waiting(memfs) -> tuple[Guest, Waiting]:
+    plugin = Waiting()
+    guest = Guest(FuseRouter(make_plugin_manager(load_entry_points=False,
+                                                 plugins=[memfs, plugin]), CONFIG))
+    assert guest.init()[0] == 0
+    return guest, plugin
+
+
+LK = abi.LK_IN.pack(1, 7, 0, 9, 1, 77, 0, 0)
+
+
+def _reply_of(deferred: Deferred, writable) -> tuple[int, int]:
+    """(written, errno) once ``deferred`` (the router's byte count) has resolved."""
+    result: list[int] = []
+    deferred.add_callback(result.append)
+    assert result, "the deferred reply has not resolved"
+    written = result[0]
+    _length, error, _unique = abi.OUT_HEADER.unpack_from(bytes(writable[0]))
+    return written, -error
+
+
+def test_a_deferred_reply_is_written_when_the_hook_resolves(waiting):
+    guest, plugin = waiting
+    deferred, writable, unique = guest.send(Op.SETLKW, LK)
+    assert isinstance(deferred, Deferred) and not deferred.done
+    assert bytes(writable[0]) == bytes(16), "nothing is written before the answer"
+    assert guest.ok(Op.STATFS), "other requests are served meanwhile"
+    plugin.pending[0].resolve(EMPTY)
+    assert _reply_of(deferred, writable) == (16, 0)
+    assert abi.OUT_HEADER.unpack_from(bytes(writable[0]))[2] == unique
+
+
+def test_a_deferred_error_is_answered_as_an_errno(waiting):
+    guest, plugin = waiting
+    deferred, writable, _unique = guest.send(Op.SETLKW, LK)
+    plugin.pending[0].resolve(FuseError(errno.EDEADLK, "cycle"))
+    assert _reply_of(deferred, writable) == (16, errno.EDEADLK)
+
+
+def test_interrupt_cancels_the_waiting_request_with_eintr(waiting):
+    guest, _plugin = waiting
+    deferred, writable, unique = guest.send(Op.SETLKW, LK)
+    assert guest.send(Op.INTERRUPT, abi.INTERRUPT_IN.pack(unique), out=0, queue=0)[0] == 0
+    assert _reply_of(deferred, writable) == (16, errno.EINTR)
+
+
+def test_an_interrupt_overtaking_its_request_still_cancels_it(waiting):
+    guest, _plugin = waiting
+    next_unique = next(guest.uniques)
+    guest.uniques = itertools.count(next_unique)
+    assert guest.send(Op.INTERRUPT, abi.INTERRUPT_IN.pack(next_unique + 2), out=0,
+                      queue=0)[0] == 0
+    guest.uniques = itertools.count(next_unique + 2)
+    deferred, writable, unique = guest.send(Op.SETLKW, LK)
+    assert unique == next_unique + 2
+    assert _reply_of(deferred, writable) == (16, errno.EINTR)
+
+
+def test_an_interrupt_of_nothing_waiting_changes_nothing(waiting):
+    guest, _plugin = waiting
+    assert guest.send(Op.INTERRUPT, abi.INTERRUPT_IN.pack(12345), out=0, queue=0)[0] == 0
+    assert guest.send(Op.INTERRUPT, b"", out=0, queue=0)[0] == 0
+    assert guest.ok(Op.SETLK, LK) == b""

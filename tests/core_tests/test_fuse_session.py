@@ -18,7 +18,8 @@ DEFAULT = Config(shared_dir="/srv")
 #: What the daemon enables with the default configuration when the guest offers every bit.
 DEFAULT_ENABLED = (F.ASYNC_READ | F.ATOMIC_O_TRUNC | F.BIG_WRITES | F.AUTO_INVAL_DATA
                    | F.DO_READDIRPLUS | F.READDIRPLUS_AUTO | F.ASYNC_DIO | F.PARALLEL_DIROPS
-                   | F.MAX_PAGES | F.SUBMOUNTS | F.HAS_IOCTL_DIR | F.INIT_EXT)
+                   | F.MAX_PAGES | F.SUBMOUNTS | F.HAS_IOCTL_DIR | F.INIT_EXT
+                   | F.POSIX_LOCKS | F.FLOCK_LOCKS)
 
 
 def init_out(body: bytes) -> dict[str, int]:
@@ -69,8 +70,7 @@ def test_each_flag_alone(flag):
     assert session.has(flag) == bool(flag & DEFAULT_ENABLED)
 
 
-@pytest.mark.parametrize("flag", [F.POSIX_LOCKS, F.FLOCK_LOCKS, F.POSIX_ACL, F.SECURITY_CTX,
-                                  F.HANDLE_KILLPRIV_V2, F.EXPORT_SUPPORT, F.DONT_MASK,
+@pytest.mark.parametrize("flag", [F.POSIX_ACL, F.SECURITY_CTX, F.EXPORT_SUPPORT, F.DONT_MASK,
                                   F.SETXATTR_EXT, F.SPLICE_READ, F.NO_OPEN_SUPPORT,
                                   F.CACHE_SYMLINKS, F.CREATE_SUPP_GROUP, F.HAS_INODE_DAX])
 def test_unsupported_features_stay_off_under_every_option(flag):
@@ -93,6 +93,12 @@ def test_unsupported_features_stay_off_under_every_option(flag):
     (DEFAULT, F.SUBMOUNTS, True),
     (DEFAULT, F.DIRECT_IO_ALLOW_MMAP, False),
     (Config(shared_dir="/", allow_mmap=True), F.DIRECT_IO_ALLOW_MMAP, True),
+    (DEFAULT, F.HANDLE_KILLPRIV_V2, False),
+    (Config(shared_dir="/", killpriv_v2=True), F.HANDLE_KILLPRIV_V2, True),
+    (Config(shared_dir="/", posix_lock=False), F.POSIX_LOCKS, False),
+    (Config(shared_dir="/", posix_lock=False), F.FLOCK_LOCKS, True),
+    (Config(shared_dir="/", flock=False), F.FLOCK_LOCKS, False),
+    (Config(shared_dir="/", flock=False), F.POSIX_LOCKS, True),
 ])
 def test_options_switch_features(config, flag, expected):
     session, _body = negotiate(7, 38, 0, EVERYTHING, EVERYTHING, config)

@@ -1,0 +1,444 @@
+"""Locks: GETLK, SETLK, SETLKW for POSIX record locks and flock(2), held on the host.
+
+The guest kernel sends every lock request here when POSIX_LOCKS / FLOCK_LOCKS were negotiated,
+so the locks must live on the host, where other guest processes, other guests and host
+programs meet them.
+
+POSIX record locks belong to a (process, file) pair: the guest names the process by the
+request's ``lock_owner``.  Host locks of the classic F_SETLK kind would all belong to the daemon
+process and never conflict with each other, so open-file-description locks (``F_OFD_*``) are
+used instead, each owner getting its own host open of the inode (as the C virtiofsd's
+``inode->posix_locks``).  Locks of one owner merge and split as POSIX says because they share
+that open; locks of two owners conflict because they do not.  close(2) of any descriptor of the
+file drops the process's locks: FLUSH carries the owner, and the owner's open is closed.
+
+flock(2) locks belong to an open file description, which is exactly one guest OPEN, hence one
+handle: they are taken with flock(2) on the handle's own descriptor, and RELEASE (with
+RELEASE_FLOCK_UNLOCK) lets them go.
+
+A blocking request (SETLKW) never blocks the calling thread: the first attempt is
+non-blocking, and on a conflict the hook returns a :class:`~virtiofsd.deferred.Deferred` that one
+waiter thread resolves.  That thread retries every waiting lock whenever a lock is released
+through the daemon, and at least every 50 ms for holders outside it (the host, another guest),
+which it cannot hear.  Cancelling (FUSE_INTERRUPT, the device stopping, DESTROY) answers EINTR.
+
+OFD locks have no deadlock detection; the daemon does it for waits among its own owners as the
+kernel does for process locks (:meth:`LockOps._would_deadlock`): a SETLKW that would close a
+cycle of waiting owners is EDEADLK.  A cycle through a holder outside the daemon is not seen.
+The holder's pid
+reported by GETLK is the guest pid of the owner when the daemon can tell which of its owners
+holds the conflicting lock (:func:`_holds`), else 0 (a holder on the host or in another guest;
+the C virtiofsd always reports 0 after the kernel's translation of its -1).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from virtiofsd import hookimpl
+from virtiofsd.deferred import Deferred
+from virtiofsd.errors import FuseError
+from virtiofsd.fuse import abi
+from virtiofsd.fuse.replies import EMPTY, LockReply
+from virtiofsd_plugins.passthrough.state import PassthroughState
+
+log = logging.getLogger(__name__)
+
+#: ``struct flock`` on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid.
+FLOCK_STRUCT = struct.Struct("hhqqi4x")
+#: The kernel's OFFSET_MAX: a FUSE lock ending here runs to the end of the file.
+OFFSET_MAX = (1 << 63) - 1
+_LOCK_TYPES = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
+_FLOCK_OPERATIONS = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
+                     fcntl.F_UNLCK: fcntl.LOCK_UN}
+#: Bounds of the retry interval for locks held outside the daemon, in seconds.
+_FIRST_RETRY = 0.001
+_LAST_RETRY = 0.05
+_CONFLICT = (errno.EAGAIN, errno.EACCES)
+#: How many waiting owners a deadlock search follows (the kernel's MAX_DEADLK_ITERATIONS).
+_MAX_DEADLOCK_DEPTH = 10
+_POSIX_LOCKS = int(abi.InitFlag.POSIX_LOCKS)
+_FLOCK_LOCKS = int(abi.InitFlag.FLOCK_LOCKS)
+
+
+def flock_bytes(lock_type: int, start: int, end: int) -> bytes:
+    """A ``struct flock`` for the FUSE range ``start``..``end`` (inclusive)."""
+    length = 0 if end == OFFSET_MAX else end - start + 1
+    return FLOCK_STRUCT.pack(lock_type, os.SEEK_SET, start, length, 0)
+
+
+def check_range(lock_type: int, start: int, end: int) -> None:
+    """:raises FuseError: EINVAL for an unknown type or a range the kernel would refuse."""
+    if lock_type not in _LOCK_TYPES:
+        raise FuseError(errno.EINVAL, f"lock type {lock_type}")
+    if not 0 <= start <= end <= OFFSET_MAX:
+        raise FuseError(errno.EINVAL, f"lock range {start}..{end}")
+
+
+def _holds(fd: int, lock_type: int, start: int, end: int, probes: int = 8) -> bool:
+    """Whether the open ``fd`` holds the lock ``lock_type`` over ``start``..``end`` that
+    conflicted with someone else.
+
+    Asked from that open, the weakest type that lock conflicts with finds nothing in some part
+    of the range exactly when the open holds it: held by anyone else, it would conflict all
+    over.  The part found conflicting (another owner's lock) is cut out and the rest asked
+    again, a few times at most.
+    """
+    probe = fcntl.F_WRLCK if lock_type == fcntl.F_RDLCK else fcntl.F_RDLCK
+    ranges = [(start, end)]
+    while ranges and probes:
+        probes -= 1
+        low, high = ranges.pop()
+        found = FLOCK_STRUCT.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK,
+                                                flock_bytes(probe, low, high)))
+        if found[0] == fcntl.F_UNLCK:
+            return True
+        found_start, found_len = found[2], found[3]
+        found_end = OFFSET_MAX if found_len == 0 else found_start + found_len - 1
+        if found_start > low:
+            ranges.append((low, found_start - 1))
+        if found_end < high:
+            ranges.append((found_end + 1, high))
+    return False
+
+
+class _Owner:
+    """One guest lock owner's host open of one inode, carrying its OFD locks."""
+
+    __slots__ = ("fd", "pid")
+
+    def __init__(self, fd: int, pid: int) -> None:
+        self.fd = fd
+        self.pid = pid
+
+
+class _Wait:
+    """A SETLKW waiting for its lock: ``attempt`` takes it without blocking, or says False.
+
+    ``reply`` is what the hook returned; cancelling it calls ``on_cancel``.
+    """
+
+    __slots__ = ("attempt", "reply", "key", "request", "fh", "cancelled")
+
+    def __init__(self, attempt: Callable[[], bool], key: tuple[int, int] | None,
+                 request: bytes, fh: int | None, on_cancel: Callable[[_Wait], None]) -> None:
+        self.attempt = attempt
+        self.key = key
+        self.request = request
+        self.fh = fh
+        self.cancelled = False
+        self.reply = Deferred(cancel=lambda: on_cancel(self))
+
+
+class LockOps:
+    """The lock operations of one passthrough file system."""
+
+    def __init__(self, state: PassthroughState) -> None:
+        self._state = state
+        self._inodes = state.inodes
+        self._handles = state.handles
+        #: Guards the owner table, the wait list and every posix lock call.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._owners: dict[tuple[int, int], _Owner] = {}
+        self._waits: list[_Wait] = []
+        self._waiter: threading.Thread | None = None
+        self._closing = False
+
+    # --- Hooks ---------------------------------------------------------------------------------
+
+    @hookimpl
+    def virtiofsd_fuse_getlk(self, req: Any, nodeid: int, fh: int, owner: int, start: int,
+                             end: int, lock_type: int, pid: int, lk_flags: int) -> Any:
+        if not req.session.flags & _POSIX_LOCKS:
+            raise FuseError(errno.ENOSYS, "POSIX locks were not negotiated")
+        self._handles.get(fh, nodeid)
+        check_range(lock_type, start, end)
+        if lock_type == fcntl.F_UNLCK:
+            raise FuseError(errno.EINVAL, "F_GETLK of F_UNLCK")
+        query = flock_bytes(lock_type, start, end)
+        with self._lock:
+            own = self._owner(nodeid, owner, pid)
+            found = FLOCK_STRUCT.unpack(fcntl.fcntl(own.fd, fcntl.F_OFD_GETLK, query))
+            if found[0] == fcntl.F_UNLCK:
+                return LockReply(0, 0, fcntl.F_UNLCK, 0)
+            found_type, _whence, found_start, found_len, _pid = found
+            found_end = OFFSET_MAX if found_len == 0 else found_start + found_len - 1
+            holder = self._holder_pid(nodeid, owner, lock_type, found_start, found_end)
+        return LockReply(found_start, found_end, found_type, holder)
+
+    @hookimpl
+    def virtiofsd_fuse_setlk(self, req: Any, nodeid: int, fh: int, owner: int, start: int,
+                             end: int, lock_type: int, pid: int, lk_flags: int,
+                             sleep: bool) -> Any:
+        handle = self._handles.get(fh, nodeid)
+        check_range(lock_type, start, end)
+        if lk_flags & abi.LK_FLOCK:
+            if not req.session.flags & _FLOCK_LOCKS:
+                raise FuseError(errno.ENOSYS, "flock locks were not negotiated")
+            operation = _FLOCK_OPERATIONS[lock_type]
+            request = b""
+
+            def attempt() -> bool:
+                return self._try_flock(handle.fd, operation)
+
+            key = None
+        else:
+            if not req.session.flags & _POSIX_LOCKS:
+                raise FuseError(errno.ENOSYS, "POSIX locks were not negotiated")
+            request = flock_bytes(lock_type, start, end)
+            key = (nodeid, owner)
+            if lock_type == fcntl.F_UNLCK:
+                self._unlock(key, request)
+                return EMPTY
+
+            def attempt() -> bool:
+                return self._try_posix(key, pid, request)
+
+        if attempt():
+            if lock_type == fcntl.F_UNLCK:
+                self._notify()
+            return EMPTY
+        if not sleep:
+            raise FuseError(errno.EAGAIN, "the range is locked")
+        wait = _Wait(attempt, key, request, fh if key is None else None, self._cancel_wait)
+        with self._lock:
+            if self._closing:
+                raise FuseError(errno.EINTR, "the file system is stopping")
+            if key is not None and self._would_deadlock(key, request):
+                raise FuseError(errno.EDEADLK, "waiting would deadlock")
+            self._waits.append(wait)
+            self._start_waiter()
+            self._changed.notify()
+        return wait.reply
+
+    @hookimpl(tryfirst=True)
+    def virtiofsd_fuse_flush(self, req: Any, nodeid: int, fh: int, lock_owner: int) -> Any:
+        """close(2) of any descriptor drops the process's POSIX locks on the file; the flush
+        itself is left to the open-file operations (None)."""
+        self._drop_owner((nodeid, lock_owner))
+        return None
+
+    @hookimpl(tryfirst=True)
+    def virtiofsd_fuse_release(self, req: Any, nodeid: int, fh: int, flags: int,
+                               release_flags: int, lock_owner: int) -> Any:
+        """The last close of an open file: its flock lock goes and its waits end; closing is
+        left to the open-file operations (None)."""
+        self._cancel_waits(lambda wait: wait.fh == fh)
+        if release_flags & abi.RELEASE_FLOCK_UNLOCK:
+            try:
+                fd = self._handles.get(fh, nodeid).fd
+            except FuseError:
+                return None  # the open-file operations answer the unknown handle (EBADF)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._notify()
+        return None
+
+    @hookimpl(tryfirst=True)
+    def virtiofsd_fuse_destroy(self, req: Any) -> Any:
+        """The session ends: every wait gets EINTR and every owner's open is closed; the rest
+        of the reset is left to the other operations (None)."""
+        self._drop_all()
+        return None
+
+    @hookimpl
+    def virtiofsd_unconfigure(self, config: Any) -> None:
+        self._drop_all()
+        with self._lock:
+            self._closing = True
+            self._changed.notify()
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.join()
+
+    # --- POSIX owners --------------------------------------------------------------------------
+
+    def _owner(self, nodeid: int, owner: int, pid: int) -> _Owner:
+        """The owner's open of the inode, opened on first use (caller holds ``_lock``).
+
+        Opened read-write when the host allows it, so the owner can take both lock types; the
+        guest kernel already refused a write lock on a descriptor not open for writing.
+        """
+        key = (nodeid, owner)
+        found = self._owners.get(key)
+        if found is None:
+            found = _Owner(self._open_for_locks(nodeid), pid)
+            self._owners[key] = found
+        elif pid:
+            found.pid = pid
+        return found
+
+    def _open_for_locks(self, nodeid: int) -> int:
+        inode = self._inodes.get(nodeid)
+        last: OSError | None = None
+        for access in (os.O_RDWR, os.O_RDONLY, os.O_WRONLY):
+            try:
+                return self._state.reopen(inode, access | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
+                    raise
+                last = exc
+        assert last is not None
+        raise last
+
+    def _try_posix(self, key: tuple[int, int], pid: int, request: bytes) -> bool:
+        with self._lock:
+            own = self._owner(key[0], key[1], pid)
+            try:
+                fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK, request)
+            except OSError as exc:
+                if exc.errno in _CONFLICT:
+                    return False
+                raise
+        return True
+
+    def _unlock(self, key: tuple[int, int], request: bytes) -> None:
+        with self._lock:
+            own = self._owners.get(key)
+            if own is not None:
+                fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK, request)
+            self._changed.notify()
+
+    def _holder_pid(self, nodeid: int, asker: int, lock_type: int, start: int, end: int) -> int:
+        """The guest pid of the owner holding the conflicting lock (``lock_type`` over
+        ``start``..``end``), or 0 when no owner of this daemon can be shown to hold it.
+        Caller holds ``_lock``."""
+        for (node, owner), own in self._owners.items():
+            if node == nodeid and owner != asker and _holds(own.fd, lock_type, start, end):
+                return own.pid
+        return 0
+
+    def _blocker(self, key: tuple[int, int], request: bytes) -> tuple[int, int] | None:
+        """The owner of this daemon holding the first lock that blocks ``request`` of the
+        owner ``key``, or None (no conflict, or a holder outside).  Caller holds ``_lock``."""
+        own = self._owners.get(key)
+        if own is None:
+            return None
+        found = FLOCK_STRUCT.unpack(fcntl.fcntl(own.fd, fcntl.F_OFD_GETLK, request))
+        if found[0] == fcntl.F_UNLCK:
+            return None
+        start, length = found[2], found[3]
+        end = OFFSET_MAX if length == 0 else start + length - 1
+        for other, other_own in self._owners.items():
+            if (other[0] == key[0] and other[1] != key[1]
+                    and _holds(other_own.fd, found[0], start, end)):
+                return other
+        return None
+
+    def _would_deadlock(self, key: tuple[int, int], request: bytes) -> bool:
+        """Whether the owner of ``key`` waiting for ``request`` closes a cycle: the holder
+        blocking it waits for a lock held by ... the owner itself.  Follows the first blocker
+        at each step, as the kernel does for process-owned locks (OFD locks have no such
+        check).  Caller holds ``_lock``."""
+        owner = key[1]
+        current: tuple[tuple[int, int], bytes] | None = (key, request)
+        for _step in range(_MAX_DEADLOCK_DEPTH):
+            if current is None:
+                return False
+            blocker = self._blocker(*current)
+            if blocker is None:
+                return False
+            if blocker[1] == owner:
+                return True
+            current = next(((wait.key, wait.request) for wait in self._waits
+                            if wait.key is not None and wait.key[1] == blocker[1]
+                            and not wait.cancelled), None)
+        return False
+
+    def _drop_owner(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            own = self._owners.pop(key, None)
+            if own is None:
+                return
+            for wait in self._waits:
+                if wait.key == key:
+                    wait.cancelled = True
+            os.close(own.fd)
+            self._changed.notify()
+
+    # --- flock ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _try_flock(fd: int, operation: int) -> bool:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _CONFLICT:
+                return False
+            raise
+        return True
+
+    # --- Waiting -------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._lock:
+            self._changed.notify()
+
+    def _cancel_wait(self, wait: _Wait) -> None:
+        """FUSE_INTERRUPT or a stopping ring: the waiter answers EINTR at its next look, now."""
+        self._cancel_waits(lambda candidate: candidate is wait)
+
+    def _cancel_waits(self, which: Callable[[_Wait], bool]) -> None:
+        with self._lock:
+            for wait in self._waits:
+                if which(wait):
+                    wait.cancelled = True
+            self._changed.notify()
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            owners, self._owners = self._owners, {}
+            for wait in self._waits:
+                wait.cancelled = True
+            for own in owners.values():
+                os.close(own.fd)
+            self._changed.notify()
+
+    def _start_waiter(self) -> None:
+        """Start the waiter thread on the first wait (caller holds ``_lock``)."""
+        if self._waiter is None:
+            self._waiter = threading.Thread(target=self._wait_loop, name="lock-waiter",
+                                            daemon=True)
+            self._waiter.start()
+
+    def _wait_loop(self) -> None:
+        """Retry the waiting locks, oldest first, until the file system stops."""
+        delay = _FIRST_RETRY
+        while True:
+            with self._lock:
+                while not self._waits and not self._closing:
+                    self._changed.wait()
+                    delay = _FIRST_RETRY
+                if self._closing and not self._waits:
+                    return
+                waits = list(self._waits)
+            answered = [(wait, outcome) for wait in waits
+                        if (outcome := self._retry(wait)) is not None]
+            with self._lock:
+                for wait, _outcome in answered:
+                    self._waits.remove(wait)
+                if len(answered) < len(waits) and not any(wait.cancelled
+                                                          for wait in self._waits):
+                    if self._changed.wait(delay):
+                        delay = _FIRST_RETRY
+                    else:
+                        delay = min(delay * 2, _LAST_RETRY)
+            for wait, outcome in answered:
+                wait.reply.resolve(outcome)
+
+    @staticmethod
+    def _retry(wait: _Wait) -> Any:
+        """EMPTY when the lock was taken, the error to answer, or None to keep waiting."""
+        if wait.cancelled:
+            return FuseError(errno.EINTR, "the lock wait was interrupted")
+        try:
+            return EMPTY if wait.attempt() else None
+        except OSError as exc:
+            return exc
