@@ -13,6 +13,7 @@ packages=(
   gcc libc6-dev python3-dev  # python-prctl is a C extension with no wheel; the bench builds a static tool
   python3 python3-venv python3-pip
   strace            # the O_DIRECT test watches the daemon's open flags
+  stress-ng         # the conformance boot runs its file-system stressors in the guest (host root)
   ca-certificates
 )
 
