@@ -6,7 +6,8 @@
 
 (the logs are kept under pytest's --basetemp: conformance-<daemon>0/logs/console.log).
 Each row is one check, with the result per configuration (auto / never / writeback) for
-both daemons and, where they differ, the reason recorded in tests/guest/test_conformance.py.
+both daemons and, where they differ or both fail for a known reason, the reason recorded in
+tests/guest/test_conformance.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.guest import runner  # noqa: E402
 from tests.guest.test_conformance import (  # noqa: E402
-    CONFIGURATIONS, CONFORMANCE_CHECKS, OURS_DIFFERENCES, RUST_DIFFERENCES, STRESS_CHECKS, STRESS_LABEL)
+    CONFIGURATIONS, CONFORMANCE_CHECKS, KNOWN_LIMITATIONS, OURS_DIFFERENCES, RUST_DIFFERENCES, STRESS_CHECKS,
+    STRESS_LABEL)
 
 
 def results(console: pathlib.Path) -> dict[str, runner.GuestCheck]:
@@ -50,6 +52,9 @@ def table(ours: dict, rust: dict) -> str:
         why = ""
         if rust_cell != ours_cell:
             why = RUST_DIFFERENCES.get(name, "") or OURS_DIFFERENCES.get(name, "")
+        limitations = [reason for key, reason in KNOWN_LIMITATIONS.items() if key.endswith(f".{name}")]
+        if limitations and "fail" in rust_cell + ours_cell:
+            why = why or f"both: {limitations[0]}"
         rows.append(f"| {name} | {rust_cell} | {ours_cell} | {why} |")
     return "\n".join(rows) + "\n"
 
