@@ -325,14 +325,14 @@ def host_operation(share: str, request: dict) -> dict:
     operation = request["op"]
     try:
         if operation == "write":
-            with open(path + ".host-tmp", "wb") as stream:
-                stream.write(bytes.fromhex(request["data"]))
+            data = bytes.fromhex(request["data"])
             if request.get("in_place"):
                 with open(path, "r+b") as stream:
                     stream.truncate(0)
-                    stream.write(bytes.fromhex(request["data"]))
-                os.unlink(path + ".host-tmp")
+                    stream.write(data)
             else:
+                with open(path + ".host-tmp", "wb") as stream:
+                    stream.write(data)
                 os.rename(path + ".host-tmp", path)
             return {"ok": True}
         if operation == "read":
