@@ -35,7 +35,7 @@ BOOT_TIMEOUT = float(os.environ.get("VIRTIOFSD_CONFORMANCE_TIMEOUT", "900"))
 #: Comma-separated check names: run only those (debugging one check without the whole suite;
 #: the other checks then fail as not reported).
 ONLY = os.environ.get("VIRTIOFSD_CONFORMANCE_ONLY", "")
-STRESS_SECONDS = int(os.environ.get("VIRTIOFSD_STRESS_SECONDS", "3"))  # per stressor
+STRESS_SECONDS = int(os.environ.get("VIRTIOFSD_STRESS_SECONDS", "2"))  # per stressor
 
 
 @dataclasses.dataclass(frozen=True)
