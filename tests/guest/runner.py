@@ -44,6 +44,17 @@ DAEMON_DEATH_GRACE_SECONDS = 10.0
 SCRIPTS_DIR = pathlib.Path(__file__).resolve().parent / "scripts"
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtraShare:
+    """A further vhost-user-fs device of the same boot: its own daemon (same kind as the
+    boot's, with its own options) on its own folder; the workload mounts it with
+    ``mount -t virtiofs TAG DIR``.  Lets one boot compare several daemon configurations."""
+
+    tag: str
+    shared_dir: pathlib.Path
+    daemon_args: tuple[str, ...] = ()
+
+
 class BootError(AssertionError):
     """A boot did not complete; the message carries the console and daemon log tails."""
 
@@ -65,6 +76,9 @@ class BootResult:
     seconds: float
     checks: list[GuestCheck] = dataclasses.field(repr=False)
     values: dict[str, str] = dataclasses.field(repr=False)
+    #: Log and exit status of each ExtraShare's daemon, by tag.
+    extra_daemon_logs: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    extra_daemon_returncodes: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
     def markers(self) -> list[str]:
         return [line.strip() for line in self.console.splitlines() if line.startswith("GUEST-")]
@@ -145,15 +159,21 @@ def host_root_arguments() -> tuple[list[str], str]:
 
 
 def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_path: pathlib.Path,
-                 console_path: pathlib.Path, qemu: str = QEMU, host_root: bool = False) -> list[str]:
+                 console_path: pathlib.Path, qemu: str = QEMU, host_root: bool = False,
+                 extra_sockets: dict[str, pathlib.Path] | None = None) -> list[str]:
     memory = f"{GUEST_MEMORY_MIB}M"
     host_root_args, cmdline_flag = host_root_arguments() if host_root else ([], "")
+    extra_devices = []
+    for index, (tag, extra_socket) in enumerate((extra_sockets or {}).items(), start=1):
+        extra_devices += ["-chardev", f"socket,id=c{index},path={extra_socket}",
+                          "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=c{index},tag={tag}"]
     return [
         qemu, "-accel", "tcg", "-smp", "1", "-m", memory,
         "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
         "-numa", "node,memdev=mem",
         "-chardev", f"socket,id=c0,path={socket_path}",
         "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=c0,tag={guest_image.MOUNT_TAG}",
+        *extra_devices,
         "-kernel", str(image.kernel), "-initrd", str(initramfs),
         # panic=-1 turns a guest panic (e.g. /init dying) into an immediate reboot, which
         # -no-reboot turns into QEMU exiting, so a broken guest fails fast instead of hanging.
@@ -164,9 +184,9 @@ def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_
     ]
 
 
-def _wait_for_guest(qemu_process: subprocess.Popen, daemon_process: subprocess.Popen,
+def _wait_for_guest(qemu_process: subprocess.Popen, daemon_processes: list[subprocess.Popen],
                     started: float, timeout: float, failure) -> int:
-    """Waits for QEMU to exit; fails at the deadline, or soon after the daemon dies under a
+    """Waits for QEMU to exit; fails at the deadline, or soon after a daemon dies under a
     running guest (QEMU then stays up with the guest stuck on the share until the deadline)."""
     daemon_died_at = None
     while True:
@@ -174,10 +194,11 @@ def _wait_for_guest(qemu_process: subprocess.Popen, daemon_process: subprocess.P
         if returncode is not None:
             return returncode
         now = time.monotonic()
-        if daemon_died_at is None and daemon_process.poll() is not None:
+        dead = [process for process in daemon_processes if process.poll() is not None]
+        if daemon_died_at is None and dead:
             daemon_died_at = now
         if daemon_died_at is not None and now - daemon_died_at > DAEMON_DEATH_GRACE_SECONDS:
-            raise failure(f"daemon exited with {daemon_process.returncode} while the guest was running")
+            raise failure(f"daemon exited with {dead[0].returncode} while the guest was running")
         if now > started + timeout:
             raise failure(f"guest did not power off within {timeout:.0f} s")
         time.sleep(0.1)
@@ -188,7 +209,8 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
          log_dir: pathlib.Path | None = None,
          extra_files: dict[str, bytes] | None = None, qemu: str = QEMU,
          host_root: bool = False, command: list[str] | None = None,
-         socket_owner: tuple[int, int] | None = None) -> BootResult:
+         socket_owner: tuple[int, int] | None = None,
+         extra_shares: list[ExtraShare] = ()) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
@@ -203,6 +225,7 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
 
     ``command`` replaces the daemon's usual argv prefix (e.g. to run it as another host user);
     ``socket_owner`` (uid, gid) then gets the socket's folder, so that user can listen there.
+    ``extra_shares`` adds one more device and daemon each (logs in daemon-TAG.log).
     """
     command = list(command) if command is not None else daemon_command(daemon)
     if host_root and not pathlib.Path("/mnt").is_dir():
@@ -218,6 +241,8 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
     daemon_log_path = logs / "daemon.log"
     qemu_log_path = logs / "qemu.log"
     daemon_process = qemu_process = None
+    extra_processes: dict[str, subprocess.Popen] = {}
+    extra_sockets = {extra.tag: socket_dir / f"{extra.tag}.sock" for extra in extra_shares}
     started = time.monotonic()
 
     def read_logs() -> tuple[str, str]:
@@ -243,22 +268,34 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
                 stdin=subprocess.DEVNULL, stdout=daemon_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        for extra in extra_shares:
+            with (logs / f"daemon-{extra.tag}.log").open("wb") as extra_log_file:
+                extra_processes[extra.tag] = subprocess.Popen(
+                    [*DIE_WITH_PARENT, *wrapper, *command, "--socket-path", str(extra_sockets[extra.tag]),
+                     "--shared-dir", str(extra.shared_dir), *extra.daemon_args],
+                    stdin=subprocess.DEVNULL, stdout=extra_log_file, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         deadline = time.monotonic() + SOCKET_APPEAR_SECONDS
-        while not socket_path.exists():
-            if daemon_process.poll() is not None:
-                raise failure(f"daemon exited with {daemon_process.returncode} before listening")
-            if time.monotonic() > deadline:
-                raise failure(f"daemon did not create {socket_path} within {SOCKET_APPEAR_SECONDS} s")
-            time.sleep(0.05)
+        waiting = [(daemon_process, socket_path)]
+        waiting += [(extra_processes[tag], path) for tag, path in extra_sockets.items()]
+        for process, path in waiting:
+            while not path.exists():
+                if process.poll() is not None:
+                    raise failure(f"daemon for {path.name} exited with {process.returncode} before listening")
+                if time.monotonic() > deadline:
+                    raise failure(f"daemon did not create {path} within {SOCKET_APPEAR_SECONDS} s")
+                time.sleep(0.05)
 
         with qemu_log_path.open("wb") as qemu_log_file:
             qemu_process = subprocess.Popen(
                 [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu,
-                                               host_root)],
+                                               host_root, extra_sockets)],
                 stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        qemu_returncode = _wait_for_guest(qemu_process, daemon_process, started, timeout, failure)
+        qemu_returncode = _wait_for_guest(qemu_process, [daemon_process, *extra_processes.values()],
+                                          started, timeout, failure)
         if qemu_returncode != 0:
             qemu_output = qemu_log_path.read_text(errors="replace")
             raise failure(f"QEMU exited with {qemu_returncode}: {qemu_output.strip()}")
@@ -267,13 +304,20 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
             daemon_returncode = daemon_process.wait(timeout=DAEMON_EXIT_SECONDS)
         except subprocess.TimeoutExpired:
             daemon_returncode = None
+        extra_returncodes = {}
+        for tag, process in extra_processes.items():
+            try:
+                extra_returncodes[tag] = process.wait(timeout=DAEMON_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                extra_returncodes[tag] = None
         seconds = time.monotonic() - started
         console, daemon_log = read_logs()
         checks, values = parse_console(console)
+        extra_logs = {tag: (logs / f"daemon-{tag}.log").read_text(errors="replace") for tag in extra_processes}
         return BootResult(daemon, console, daemon_log, daemon_returncode, qemu_returncode,
-                          seconds, checks, values)
+                          seconds, checks, values, extra_logs, extra_returncodes)
     finally:
-        for process in (qemu_process, daemon_process):
+        for process in (qemu_process, daemon_process, *extra_processes.values()):
             if process is not None:
                 _kill_group(process)
         shutil.rmtree(socket_dir, ignore_errors=True)

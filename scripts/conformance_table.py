@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Writes docs/conformance.md's result table from the console logs of two conformance boots.
+
+    scripts/conformance_table.py --ours BASETEMP_OURS/.../logs/console.log \
+        --rust BASETEMP_RUST/.../logs/console.log > table.md
+
+(the logs are kept under pytest's --basetemp: conformance-<daemon>0/logs/console.log).
+Each row is one check, with the result per configuration (auto / never / writeback) for
+both daemons and, where they differ or both fail for a known reason, the reason recorded in
+tests/guest/test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.guest import runner  # noqa: E402
+from tests.guest.test_conformance import (  # noqa: E402
+    CONFIGURATIONS, CONFORMANCE_CHECKS, KNOWN_LIMITATIONS, OURS_DIFFERENCES, RUST_DIFFERENCES, STRESS_CHECKS,
+    STRESS_LABEL)
+
+
+def results(console: pathlib.Path) -> dict[str, runner.GuestCheck]:
+    checks, _ = runner.parse_console(console.read_text(errors="replace"))
+    return {check.name: check for check in checks}
+
+
+def cell(found: dict[str, runner.GuestCheck], labels: list[str], name: str) -> str:
+    parts = []
+    for label in labels:
+        check = found.get(f"{label}.{name}")
+        if check is None:
+            parts.append(f"{label}: missing")
+        elif not check.ok:
+            detail = check.detail.replace("|", "\\|")[:90]
+            parts.append(f"{label}: **fail** ({detail})")
+    return "ok" if not parts else "<br>".join(parts)
+
+
+def table(ours: dict, rust: dict) -> str:
+    labels = [configuration.label for configuration in CONFIGURATIONS]
+    rows = ["| check | Rust virtiofsd | ours | why they differ |", "|---|---|---|---|"]
+    for name, row_labels in [(name, labels) for name in CONFORMANCE_CHECKS] + \
+                            [(name, [STRESS_LABEL]) for name in STRESS_CHECKS]:
+        rust_cell = cell(rust, row_labels, name)
+        ours_cell = cell(ours, row_labels, name)
+        why = ""
+        if rust_cell != ours_cell:
+            why = RUST_DIFFERENCES.get(name, "") or OURS_DIFFERENCES.get(name, "")
+        limitations = [reason for key, reason in KNOWN_LIMITATIONS.items() if key.endswith(f".{name}")]
+        if limitations and "fail" in rust_cell + ours_cell:
+            why = why or f"both: {limitations[0]}"
+        rows.append(f"| {name} | {rust_cell} | {ours_cell} | {why} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ours", type=pathlib.Path, required=True, help="console.log of our boot")
+    parser.add_argument("--rust", type=pathlib.Path, required=True, help="console.log of the Rust boot")
+    options = parser.parse_args()
+    sys.stdout.write(table(results(options.ours), results(options.rust)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
