@@ -65,7 +65,11 @@ _OUT = abi.OUT_HEADER
 
 
 def daemon_command(kind: str, extra: list[str]) -> list[str]:
-    program = [sys.executable, "-m", "virtiofsd"] if kind == "ours" else [RUST]
+    """``kind`` is ``ours`` or ``rust``, optionally followed by ``+ARGS`` (e.g.
+    ``ours+--thread-pool-size=auto``), extra arguments for that variant."""
+    name, _, variant = kind.partition("+")
+    program = [sys.executable, "-m", "virtiofsd"] if name == "ours" else [RUST]
+    extra = [*extra, *shlex.split(variant)]
     return [*program, "--socket-path", "{socket_path}", "--shared-dir", "{shared_dir}",
             "--sandbox", "none", *extra]
 
@@ -580,7 +584,8 @@ def main() -> int:
             parser.error(f"unknown op {op!r}; known: {', '.join(OPERATIONS)}")
     depths = [int(d) for d in args.depths.split(",")]
     kinds = args.daemons.split(",")
-    extra = {"ours": shlex.split(args.ours_args), "rust": shlex.split(args.rust_args)}
+    extra = {kind: shlex.split(args.rust_args if kind.startswith("rust") else args.ours_args)
+             for kind in kinds}
     if not args.no_pin:
         os.sched_setaffinity(0, {0})
     samples: dict[tuple[str, str, int], list[dict[str, float]]] = {}
@@ -600,27 +605,29 @@ def main() -> int:
 
 
 def print_table(medians, kinds: list[str], ops: list[str], depths: list[int]) -> None:
-    columns = ["ops/s", "p50 µs", "daemon CPU µs/op", "bench CPU µs/op"]
-    keys = ["ops_per_s", "p50_us", "daemon_cpu_us", "bench_cpu_us"]
-    header = "| op | QD | " + " | ".join(f"{c} {k}" for c in columns[:3] for k in kinds)
-    if "ours" in kinds and "rust" in kinds:
-        header += " | CPU ours/rust | ops/s ours/rust"
-    header += " | bench CPU µs/op |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    """A markdown table: per kind ops/s, p50, daemon CPU per op; each of ours vs ``rust``."""
+    names = {kind: kind.replace("ours+", "").replace("--thread-pool-size=", "pool ")
+             for kind in kinds}
+    compared = [kind for kind in kinds if kind != "rust"] if "rust" in kinds else []
+    header = ["op", "QD"]
+    header += [f"ops/s {names[k]}" for k in kinds] + [f"p50 µs {names[k]}" for k in kinds]
+    header += [f"CPU µs/op {names[k]}" for k in kinds]
+    header += [f"CPU {names[k]}/rust" for k in compared]
+    header += [f"ops/s {names[k]}/rust" for k in compared]
+    header += ["bench CPU µs/op"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for op in ops:
         for depth in depths:
+            row = {kind: medians[(kind, op, depth)] for kind in kinds}
             cells = [op, str(depth)]
-            for key in keys[:3]:
-                for kind in kinds:
-                    value = medians.get((kind, op, depth), {}).get(key)
-                    cells.append("-" if value is None else f"{value:,.0f}" if key == "ops_per_s"
-                                 else f"{value:.1f}")
-            if "ours" in kinds and "rust" in kinds:
-                ours, rust = medians[("ours", op, depth)], medians[("rust", op, depth)]
-                cells.append(f"{ours['daemon_cpu_us'] / rust['daemon_cpu_us']:.2f}x")
-                cells.append(f"{ours['ops_per_s'] / rust['ops_per_s']:.2f}x")
-            cells.append("/".join(f"{medians[(k, op, depth)]['bench_cpu_us']:.1f}" for k in kinds))
+            cells += [f"{row[k]['ops_per_s']:,.0f}" for k in kinds]
+            cells += [f"{row[k]['p50_us']:.1f}" for k in kinds]
+            cells += [f"{row[k]['daemon_cpu_us']:.1f}" for k in kinds]
+            rust = row.get("rust")
+            cells += [f"{row[k]['daemon_cpu_us'] / rust['daemon_cpu_us']:.2f}x" for k in compared]
+            cells += [f"{row[k]['ops_per_s'] / rust['ops_per_s']:.2f}x" for k in compared]
+            cells.append("/".join(f"{row[k]['bench_cpu_us']:.1f}" for k in kinds))
             print("| " + " | ".join(cells) + " |")
 
 

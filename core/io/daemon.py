@@ -25,6 +25,14 @@ of order from the pool's threads; they are serialised by the queue's completion 
 covers the used ring and the notification decision.  Stopping a ring waits until every chain it
 handed out has completed, so the base reported to the front-end never leaves a request behind.
 
+Automatic pool (``--thread-pool-size auto``): the pool exists, but the worker serves a chain
+itself unless handing it over pays: the handler says the request may block for long (an fsync,
+a waiting lock; :meth:`ChainHandler.may_block`), or it moves a lot of data (at least
+:data:`BIG_REQUEST_BYTES`) while more chains wait behind it, so that the copies of several big
+reads or writes run in parallel (the GIL is released while ``preadv``/``pwritev`` run).  A
+shallow queue of small requests never pays the hand-over, which costs several times the request
+itself.  Completions always go through the completion lock in this mode.
+
 A handler exception is a bug in the layer above: it is logged with its traceback, the chain
 is completed with 0 bytes and serving continues.  Guest mistakes (a malformed chain, a bad
 request) are logged at a limited rate, so a misbehaving guest cannot flood the log.
@@ -40,6 +48,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+from virtiofsd.config import THREAD_POOL_AUTO
 from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.io.unix_socket import receive_message, send_message
 from virtiofsd.ratelimit import RateLimitedLog
@@ -49,11 +58,22 @@ from virtiofsd.virtio.device import ChainHandler
 from virtiofsd.virtio.memory import GuestMemory
 from virtiofsd.virtio.split_queue import SplitQueue
 
-__all__ = ["QueueWorker", "serve_connection"]
+__all__ = ["AUTO_POOL", "BIG_REQUEST_BYTES", "QueueWorker", "auto_pool_size", "serve_connection"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_FAILURE = select.POLLERR | select.POLLNVAL
+
+#: ``thread_pool_size`` value of the automatic mode (see the module docstring).
+AUTO_POOL = THREAD_POOL_AUTO
+#: A chain moving at least this many bytes is worth a pool thread when others wait behind it.
+BIG_REQUEST_BYTES = 64 * 1024
+
+
+def auto_pool_size() -> int:
+    """Threads of the automatic pool: one per CPU, at least 2, at most 8 (the copies it runs
+    in parallel are memory-bound, and Python code holds the GIL anyway)."""
+    return min(8, max(2, os.cpu_count() or 1))
 
 
 def _consume_eventfd(fd: int) -> None:
@@ -79,7 +99,10 @@ class QueueWorker:
         handler: ChainHandler,
         guest_errors: RateLimitedLog,
         pool: Executor | None = None,
+        *,
+        auto: bool = False,
     ) -> None:
+        """``auto``: ``pool`` is the automatic mode's, used only when it pays (module doc)."""
         self._vring = vring
         self._index = vring.index
         self._queue = queue
@@ -89,6 +112,8 @@ class QueueWorker:
         self._handle_chain = handler.handle_chain
         self._guest_errors = guest_errors
         self._pool = pool
+        self._auto = auto and pool is not None
+        self._may_block = getattr(handler, "may_block", None) or _never_blocks
         # Serialises completions (used ring + notification decision) when a pool serves them.
         self._completion_lock = threading.Lock()
         self._in_flight = 0
@@ -193,13 +218,24 @@ class QueueWorker:
                 return False
             if chain is None:
                 return True
-            if self._pool is not None:
+            if self._pool is None:
+                push_used(chain.head, serve_chain(chain))
+            elif self._auto and not self._worth_a_thread(chain):
+                self._complete_out_of_order(chain.head, serve_chain(chain))
+            else:
                 with self._completion_lock:
                     self._in_flight += 1
                 self._pool.submit(self._serve_in_pool, chain)
-                continue
-            push_used(chain.head, serve_chain(chain))
         return True
+
+    def _worth_a_thread(self, chain: DescriptorChain) -> bool:
+        """Automatic mode: hand ``chain`` to the pool (it may block, or it is big and others
+        wait), or serve it here."""
+        if self._may_block(chain.readable):
+            return True
+        if chain.writable_bytes < BIG_REQUEST_BYTES and chain.readable_bytes < BIG_REQUEST_BYTES:
+            return False
+        return bool(self._queue.known_available() or self._in_flight)
 
     def _serve_chain(self, chain: DescriptorChain) -> int:
         """Run the handler on one chain; the bytes it wrote, or 0 when it failed."""
@@ -237,19 +273,26 @@ class QueueWorker:
                 self._vring.signal_call()
 
 
+def _never_blocks(readable: list[memoryview]) -> bool:
+    return False
+
+
 class _Workers:
     """The :class:`~virtiofsd.vhost_user.backend.RingRunner` of one connection."""
 
-    def __init__(self, handler: ChainHandler, pool: Executor | None = None) -> None:
+    def __init__(self, handler: ChainHandler, pool: Executor | None = None, *,
+                 auto: bool = False) -> None:
         self._handler = handler
         self._pool = pool
+        self._auto = auto
         self._workers: dict[int, QueueWorker] = {}
         self._guest_errors = RateLimitedLog(logger)
 
     def start_ring(
         self, vring: Vring, queue: SplitQueue, memory: Callable[[], GuestMemory | None]
     ) -> None:
-        worker = QueueWorker(vring, queue, memory, self._handler, self._guest_errors, self._pool)
+        worker = QueueWorker(vring, queue, memory, self._handler, self._guest_errors, self._pool,
+                             auto=self._auto)
         self._workers[vring.index] = worker
         worker.start()
 
@@ -277,13 +320,17 @@ def serve_connection(
 ) -> bool:
     """Serve one connected front-end until it disconnects; the caller keeps ``sock``.
 
+    ``thread_pool_size``: 0 serves every request on its ring's thread, N > 0 hands every request
+    to a pool of N threads, :data:`AUTO_POOL` decides per request (module docstring).
+
     Returns True when the front-end closed the connection, False when we ended it because of
     a protocol error (already logged).  All workers are stopped and joined, every fd received
     on the connection is closed, and ``handler.reset()`` has been called when this returns.
     """
-    pool = (ThreadPoolExecutor(thread_pool_size, thread_name_prefix="fuse-pool")
-            if thread_pool_size > 0 else None)
-    workers = _Workers(handler, pool)
+    auto = thread_pool_size == AUTO_POOL
+    size = auto_pool_size() if auto else thread_pool_size
+    pool = ThreadPoolExecutor(size, thread_name_prefix="fuse-pool") if size > 0 else None
+    workers = _Workers(handler, pool, auto=auto)
     backend = VhostUserBackend(workers, tag=tag, num_request_queues=num_request_queues)
     clean = False
     try:

@@ -67,20 +67,24 @@ class DescriptorChain:
     appears as two consecutive views.
     """
 
-    __slots__ = ("_writable_bytes", "head", "readable", "writable")
+    __slots__ = ("_readable_bytes", "_writable_bytes", "head", "readable", "writable")
 
     def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview],
-                 writable_bytes: int | None = None) -> None:
-        """``writable_bytes``, when the caller already knows it, must be the total of ``writable``
-        (the walker counts it on the way, sparing a sum for every completed request)."""
+                 writable_bytes: int | None = None, readable_bytes: int | None = None) -> None:
+        """``writable_bytes`` and ``readable_bytes``, when the caller already knows them, must be
+        the totals of ``writable`` and ``readable`` (the walker counts them on the way, sparing
+        a sum for every request)."""
         self.head = head
         self.readable = readable
         self.writable = writable
         self._writable_bytes = writable_bytes
+        self._readable_bytes = readable_bytes
 
     @property
     def readable_bytes(self) -> int:
-        return sum(view.nbytes for view in self.readable)
+        if self._readable_bytes is None:
+            self._readable_bytes = sum(view.nbytes for view in self.readable)
+        return self._readable_bytes
 
     @property
     def writable_bytes(self) -> int:
@@ -117,6 +121,7 @@ def walk_chain(
     in_indirect = False
     writing = False
     writable_bytes = 0
+    readable_bytes = 0
     while True:
         if visited == table_len:
             where = "indirect table" if in_indirect else "descriptor chain"
@@ -155,9 +160,10 @@ def walk_chain(
                     extend(readable, addr, length)
                 except GuestMemoryError as err:
                     raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
+                readable_bytes += length
 
         if not flags & VIRTQ_DESC_F_NEXT:
-            return DescriptorChain(head, readable, writable, writable_bytes)
+            return DescriptorChain(head, readable, writable, writable_bytes, readable_bytes)
         if next_index >= table_len:
             raise InvalidChainError(
                 head,
