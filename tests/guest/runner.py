@@ -130,14 +130,21 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_path: pathlib.Path,
-                 console_path: pathlib.Path, qemu: str = QEMU) -> list[str]:
+                 console_path: pathlib.Path, qemu: str = QEMU, *, cpus: int = 1,
+                 request_queues: int = 1) -> list[str]:
+    """With several CPUs, TCG runs one host thread per vCPU (thread=multi); without it all
+    vCPUs share one thread and nothing in the guest runs in parallel."""
     memory = f"{GUEST_MEMORY_MIB}M"
+    accel = "tcg" if cpus == 1 else "tcg,thread=multi"
+    device = f"vhost-user-fs-pci,queue-size=1024,chardev=c0,tag={guest_image.MOUNT_TAG}"
+    if request_queues != 1:
+        device += f",num-request-queues={request_queues}"
     return [
-        qemu, "-accel", "tcg", "-smp", "1", "-m", memory,
+        qemu, "-accel", accel, "-smp", str(cpus), "-m", memory,
         "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
         "-numa", "node,memdev=mem",
         "-chardev", f"socket,id=c0,path={socket_path}",
-        "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=c0,tag={guest_image.MOUNT_TAG}",
+        "-device", device,
         "-kernel", str(image.kernel), "-initrd", str(initramfs),
         # panic=-1 turns a guest panic (e.g. /init dying) into an immediate reboot, which
         # -no-reboot turns into QEMU exiting, so a broken guest fails fast instead of hanging.
@@ -169,8 +176,13 @@ def _wait_for_guest(qemu_process: subprocess.Popen, daemon_process: subprocess.P
 def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: list[str] = (),
          wrapper: list[str] = (), timeout: float = 300.0,
          log_dir: pathlib.Path | None = None,
-         extra_files: dict[str, bytes] | None = None, qemu: str = QEMU) -> BootResult:
+         extra_files: dict[str, bytes] | None = None, qemu: str = QEMU,
+         kernel: str = guest_image.DEFAULT_KERNEL, cpus: int = 1,
+         request_queues: int = 1) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
+
+    ``kernel`` picks the guest kernel (:data:`guest.image.KERNELS`), ``cpus`` the vCPUs and
+    ``request_queues`` the device's num-request-queues (the daemon must offer as many).
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
     host syscalls).  ``extra_files`` go into the guest's / next to the workload script.
@@ -179,7 +191,7 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
     because AF_UNIX paths are limited to 108 bytes.
     """
     command = daemon_command(daemon)
-    image = guest_image.build()
+    image = guest_image.build(kernel=kernel)
     socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))
     own_log_dir = log_dir is None
     logs = pathlib.Path(tempfile.mkdtemp(prefix="vfs-logs-")) if own_log_dir else log_dir
@@ -223,7 +235,8 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
 
         with qemu_log_path.open("wb") as qemu_log_file:
             qemu_process = subprocess.Popen(
-                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu)],
+                [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu,
+                                                  cpus=cpus, request_queues=request_queues)],
                 stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
