@@ -10,7 +10,10 @@ Threads and who owns what:
   plane wants it to look again, or to stop).  On every wake-up it drains *every* available
   chain, with notifications from the driver suppressed while it does, then re-enables them
   and re-checks so that a buffer published in between is not left waiting for a kick that
-  will never come.  It signals the call eventfd at most once per drained batch.
+  will never come.  It signals the call eventfd once per drained batch, and also right after
+  a big request (:data:`BIG_REQUEST_BYTES`), so that the driver can refill the ring while the
+  rest of a batch of big reads or writes is served (the signal then costs little next to
+  the copy).
 * The control plane never touches a running queue.  Stopping a ring (GET_VRING_BASE, new
   kick fd, reset, disconnect) sets a flag, writes the wake fd and joins the thread, which
   writes its next avail index back into the ring's ``base`` as it exits.  The kick fd is
@@ -190,8 +193,8 @@ class QueueWorker:
         while not self._stopping:
             queue.disable_notifications()
             healthy = self._drain()
-            if inline and queue.needs_notification():
-                vring.signal_call()
+            if inline:
+                self._notify()
             if not healthy or self._stopping or not queue.enable_notifications():
                 return
 
@@ -219,7 +222,12 @@ class QueueWorker:
             if chain is None:
                 return True
             if self._pool is None:
-                push_used(chain.head, serve_chain(chain))
+                written = serve_chain(chain)
+                push_used(chain.head, written)
+                if written >= BIG_REQUEST_BYTES or chain.readable_bytes >= BIG_REQUEST_BYTES:
+                    # A big request took long: tell the driver now (if it asked), so it can
+                    # refill the ring while the rest of the batch is served.
+                    self._notify()
             elif self._auto and not self._worth_a_thread(chain):
                 self._complete_out_of_order(chain.head, serve_chain(chain))
             else:
@@ -227,6 +235,11 @@ class QueueWorker:
                     self._in_flight += 1
                 self._pool.submit(self._serve_in_pool, chain)
         return True
+
+    def _notify(self) -> None:
+        """Signal the call eventfd for what was pushed so far, if the driver wants to know."""
+        if self._queue.needs_notification():
+            self._vring.signal_call()
 
     def _worth_a_thread(self, chain: DescriptorChain) -> bool:
         """Automatic mode: hand ``chain`` to the pool (it may block, or it is big and others
