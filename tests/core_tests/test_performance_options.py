@@ -23,16 +23,10 @@ from virtiofsd.vhost_user import messages as vu
 
 
 @pytest.fixture
-def ours(command_of):
-    return lambda *extra: command_of("ours", *extra)
-
-
-@pytest.fixture
 def share(tmp_path: Path) -> Path:
-    directory = tmp_path / "share"
-    directory.mkdir()
-    (directory / "file").write_bytes(b"contents")
-    return directory
+    """A shared folder with one file."""
+    (tmp_path / "file").write_bytes(b"contents")
+    return tmp_path
 
 
 def _config(*extra: str):
@@ -42,10 +36,10 @@ def _config(*extra: str):
 # -- --num-request-queues ------------------------------------------------------------------------
 
 
-def test_every_request_queue_is_served_and_advertised(ours, share):
+def test_every_request_queue_is_served_and_advertised(command_of, share):
     """With 4 request queues the front-end may set up 5 rings (QEMU checks GET_QUEUE_NUM), the
     config space says 4, and a request on any of them is answered on that ring."""
-    with running_daemon(ours("--num-request-queues", "4", "--tag", "fs"), share,
+    with running_daemon(command_of("ours", "--num-request-queues", "4", "--tag", "fs"), share,
                         connect_client=False) as session:
         frontend = VhostUserFrontend.connect(session.socket_path, timeout=10.0)
         frontend.start(num_queues=5)
@@ -64,8 +58,8 @@ def test_every_request_queue_is_served_and_advertised(ours, share):
                     "answered on the ring it came from (queue 1 also carried INIT)"
 
 
-def test_one_request_queue_by_default_as_the_rust_daemon(ours, share):
-    with running_daemon(ours(), share) as session:
+def test_one_request_queue_by_default_as_the_rust_daemon(command_of, share):
+    with running_daemon(command_of("ours"), share) as session:
         assert session.client.frontend.queue_num == 2
 
 
@@ -91,12 +85,12 @@ def test_thread_pool_size_refuses_what_is_neither_a_count_nor_auto(value, capsys
     assert "thread-pool-size" in capsys.readouterr().err
 
 
-def test_auto_pool_serves_small_big_and_blocking_requests(ours, share):
+def test_auto_pool_serves_small_big_and_blocking_requests(command_of, share):
     """In automatic mode a queue mixing small requests, 1 MiB reads waiting behind each other
     and fsyncs (handed to the pool) answers every one of them correctly."""
     data = os.urandom(1 << 20)
     (share / "big").write_bytes(data)
-    with running_daemon(ours("--thread-pool-size", "auto"), share) as session:
+    with running_daemon(command_of("ours", "--thread-pool-size", "auto"), share) as session:
         fuse = session.client
         nodeid = fuse.lookup(ROOT_ID, "big").nodeid
         fh = fuse.open(nodeid, os.O_RDWR).fh

@@ -8,7 +8,6 @@ the host sees which rings carried the reads.  The Rust daemon offers one request
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import pytest
