@@ -46,10 +46,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-from virtiofsd.fuse import abi  # noqa: E402
-from virtiofsd.testing import running_daemon  # noqa: E402
+from virtiofsd.fuse import abi
+from virtiofsd.testing import running_daemon
 
 Op = abi.Opcode
 RUST = os.environ.get("VIRTIOFSD_RUST_REFERENCE", "/var/tmp/virtiofsd-reference/rust-virtiofsd")
