@@ -67,30 +67,17 @@ class DescriptorChain:
     appears as two consecutive views.
     """
 
-    __slots__ = ("_readable_bytes", "_writable_bytes", "head", "readable", "writable")
+    __slots__ = ("head", "readable", "readable_bytes", "writable", "writable_bytes")
 
     def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview],
-                 writable_bytes: int | None = None, readable_bytes: int | None = None) -> None:
-        """``writable_bytes`` and ``readable_bytes``, when the caller already knows them, must be
-        the totals of ``writable`` and ``readable`` (the walker counts them on the way, sparing
-        a sum for every request)."""
+                 writable_bytes: int, readable_bytes: int) -> None:
+        """``writable_bytes`` and ``readable_bytes`` are the totals of ``writable`` and
+        ``readable``: the walker counts them on the way, sparing a sum for every request."""
         self.head = head
         self.readable = readable
         self.writable = writable
-        self._writable_bytes = writable_bytes
-        self._readable_bytes = readable_bytes
-
-    @property
-    def readable_bytes(self) -> int:
-        if self._readable_bytes is None:
-            self._readable_bytes = sum(view.nbytes for view in self.readable)
-        return self._readable_bytes
-
-    @property
-    def writable_bytes(self) -> int:
-        if self._writable_bytes is None:
-            self._writable_bytes = sum(view.nbytes for view in self.writable)
-        return self._writable_bytes
+        self.writable_bytes = writable_bytes
+        self.readable_bytes = readable_bytes
 
     def __repr__(self) -> str:
         return (
