@@ -109,6 +109,7 @@ def walk_chain(
     writing = False
     writable_bytes = 0
     readable_bytes = 0
+    region_start, region_end, region_view = 1, 0, None  # no region yet
     while True:
         if visited == table_len:
             where = "indirect table" if in_indirect else "descriptor chain"
@@ -129,25 +130,29 @@ def walk_chain(
 
         if flags & VIRTQ_DESC_F_WRITE:
             writing = True
-            if length:
-                try:
-                    extend(writable, addr, length)
-                except GuestMemoryError as err:
-                    raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
-                writable_bytes += length
+            out = writable
+            writable_bytes += length
+        elif writing:
+            raise InvalidChainError(
+                head,
+                f"chain {head}: device-readable descriptor {index} follows a "
+                "device-writable one",
+            )
         else:
-            if writing:
-                raise InvalidChainError(
-                    head,
-                    f"chain {head}: device-readable descriptor {index} follows a "
-                    "device-writable one",
-                )
-            if length:
+            out = readable
+            readable_bytes += length
+        if length:
+            # Inside the region the previous buffer was in (the usual case, and every page of
+            # a big request): slice it here; else let the memory table translate and check.
+            if region_start <= addr and addr + length <= region_end:
+                offset = addr - region_start
+                out.append(region_view[offset:offset + length])
+            else:
                 try:
-                    extend(readable, addr, length)
+                    extend(out, addr, length)
                 except GuestMemoryError as err:
                     raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
-                readable_bytes += length
+                region_start, region_end, region_view = mem.region_bounds(addr)
 
         if not flags & VIRTQ_DESC_F_NEXT:
             return DescriptorChain(head, readable, writable, writable_bytes, readable_bytes)
