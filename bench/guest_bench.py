@@ -1,6 +1,7 @@
 """Times a fixed guest workload against our daemon and the Rust reference, in one run.
 
     python bench/guest_bench.py [--daemons rust,ours] [--files 2000] [--mib 256] [--reads 2000]
+        [--cache never] [--threads 4] [--kernel trixie --queues 4] [--phases randread]
 
 Each daemon gets its own guest boot on a fresh shared folder.  All timing happens inside the
 guest, by a small static C tool built here (busybox has no fio, and a shell loop of dd
@@ -11,6 +12,10 @@ caches are dropped before every phase so each phase reaches the daemon:
   unlink them;
 * data: write M MiB sequentially (1 MiB writes, then fsync), read them back sequentially,
   and do R random 4 KiB reads with O_DIRECT (one daemon round trip each).
+
+``--threads N`` boots N vCPUs (TCG with one host thread each) and runs the random reads in N
+processes; ``--kernel trixie --queues N`` (ours only) gives the device N request queues, which
+Linux 6.11+ spreads the CPUs over.
 
 Absolute figures under TCG are far below real hardware; the ratio ours/rust is the point.
 """
@@ -39,6 +44,7 @@ TOOL_SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,12 +65,15 @@ static void die(const char *what, const char *path)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: vfsbench create|stat|readdir|unlink|write|read|randread PATH N\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: vfsbench create|stat|readdir|unlink|write|read|randread PATH N "
+                        "[PROCESSES]\n");
         return 2;
     }
     const char *op = argv[1], *path = argv[2];
     long n = atol(argv[3]), count = 0;
+    /* randread only: PROCESSES readers, N reads each, one per CPU where the kernel puts them */
+    long processes = argc == 5 ? atol(argv[4]) : 1, worker = 0;
     static char name[4096];
     char *buffer;
     if (posix_memalign((void **)&buffer, 4096, 1 << 20))
@@ -121,9 +130,14 @@ int main(int argc, char **argv)
         close(fd);
         count >>= 20;
     } else if (!strcmp(op, "randread")) {
+        for (worker = 1; worker < processes; worker++)
+            if (fork() == 0)
+                break;
+        if (worker == processes)
+            worker = 0;
         int fd = open(path, O_RDONLY | O_DIRECT);
         struct stat info;
-        unsigned long long state = 88172645463325252ULL;
+        unsigned long long state = 88172645463325252ULL + 7919ULL * worker;
         if (fd < 0 || fstat(fd, &info))
             die("open", path);
         long blocks = info.st_size / 4096;
@@ -133,6 +147,14 @@ int main(int argc, char **argv)
                 die("pread", path);
         }
         close(fd);
+        if (worker)
+            return 0;
+        for (long i = 1; i < processes; i++) {
+            int status;
+            if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+                die("reader", path);
+        }
+        count *= processes;
     } else {
         fprintf(stderr, "vfsbench: unknown operation %s\n", op);
         return 2;
@@ -153,7 +175,7 @@ run readdir $M/meta 20
 run unlink $M/meta {files}
 run write $M/seq.bin {mib}
 run read $M/seq.bin 0
-run randread $M/seq.bin {reads}
+run randread $M/seq.bin {reads} {threads}
 rm -f $M/seq.bin
 """
 
@@ -165,8 +187,22 @@ PHASES = (
     ("unlink", "unlink files", "files/s"),
     ("write", "sequential write + fsync", "MiB/s"),
     ("read", "sequential read", "MiB/s"),
-    ("randread", "random 4 KiB O_DIRECT reads", "reads/s"),
+    ("randread", "random 4 KiB O_DIRECT reads (all readers)", "reads/s"),
 )
+
+
+#: Phases that others need: the files to stat, list and unlink; the file to read.
+PREPARES = {"create": {"stat", "readdir", "unlink"}, "write": {"read", "randread"}}
+
+
+def select_phases(script: str, keep: set[str]) -> str:
+    """The workload with only the ``run`` lines of ``keep`` and of what they need."""
+    def wanted(line: str) -> bool:
+        if not line.startswith("run "):
+            return True
+        phase = line.split()[1]
+        return phase in keep or bool(PREPARES.get(phase, set()) & keep)
+    return "\n".join(line for line in script.splitlines() if wanted(line))
 
 
 def build_tool(cache: pathlib.Path) -> bytes:
@@ -186,11 +222,20 @@ def run_daemon(daemon: str, tool: bytes, arguments: argparse.Namespace) -> dict[
     share = workspace / "share"
     share.mkdir()
     try:
-        script = WORKLOAD.format(files=arguments.files, mib=arguments.mib, reads=arguments.reads)
+        script = WORKLOAD.format(files=arguments.files, mib=arguments.mib, reads=arguments.reads,
+                                 threads=arguments.threads)
+        if arguments.phases:
+            script = select_phases(script, set(arguments.phases.split(",")))
+        daemon_args = arguments.daemon_args.split()
+        if arguments.cache:
+            daemon_args += ["--cache", arguments.cache]
+        if arguments.queues != 1:
+            daemon_args += ["--num-request-queues", str(arguments.queues)]
         result = runner.boot(
-            daemon, share, script, daemon_args=arguments.daemon_args.split(),
+            daemon, share, script, daemon_args=daemon_args,
             timeout=arguments.timeout, extra_files={"vfsbench": tool},
-            log_dir=workspace / "logs",
+            log_dir=workspace / "logs", kernel=arguments.kernel, cpus=arguments.threads,
+            request_queues=arguments.queues,
         )
     finally:
         shutil.rmtree(share, ignore_errors=True)
@@ -211,11 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=2000, help="files in the metadata phases")
     parser.add_argument("--mib", type=int, default=256, help="MiB written and read sequentially")
     parser.add_argument("--reads", type=int, default=2000, help="random 4 KiB reads")
-    parser.add_argument("--daemon-args", default="", help="extra daemon flags, e.g. '--cache never'")
+    parser.add_argument("--daemon-args", default="", help="extra daemon flags for both daemons")
+    parser.add_argument("--cache", choices=("auto", "always", "never", "metadata"),
+                        help="--cache of both daemons (never: every read and write reaches them)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="guest vCPUs, and parallel readers in the random-read phase")
+    parser.add_argument("--queues", type=int, default=1,
+                        help="request queues of the device (ours only: the Rust daemon has 1)")
+    parser.add_argument("--kernel", choices=image.KERNELS, default=image.DEFAULT_KERNEL,
+                        help="guest kernel (trixie's 6.12 is the first to use several queues)")
+    parser.add_argument("--phases", default="",
+                        help="comma-separated subset of: " + ",".join(p[0] for p in PHASES))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per guest boot")
     arguments = parser.parse_args(argv)
-    if min(arguments.files, arguments.mib, arguments.reads) < 1:
-        parser.error("--files, --mib and --reads must be at least 1")
+    if min(arguments.files, arguments.mib, arguments.reads, arguments.threads,
+           arguments.queues) < 1:
+        parser.error("--files, --mib, --reads, --threads and --queues must be at least 1")
 
     tool = build_tool(image.DEFAULT_CACHE / "bench")
     daemons = [name.strip() for name in arguments.daemons.split(",") if name.strip()]
@@ -240,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     comparing = {"ours", "rust"} <= set(daemons)
     print(header + (f"{'time ours/rust':>16}" if comparing else ""))
     for operation, label, unit in PHASES:
+        if arguments.phases and not all(results[name].get(operation) for name in daemons):
+            continue
         row = f"{label:<{label_width}}" + "".join(f"{cell(name, operation, unit):>30}" for name in daemons)
         if comparing:
             ours, rust = results["ours"].get(operation), results["rust"].get(operation)
@@ -247,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             row += f"{ratio:>16}"
         print(row)
     print(f"(workload: {arguments.files} files, {arguments.mib} MiB sequential, "
-          f"{arguments.reads} random reads; daemon flags: {arguments.daemon_args or 'defaults'})")
+          f"{arguments.reads} random reads x {arguments.threads} readers on as many vCPUs, "
+          f"{arguments.queues} request queue(s), kernel {arguments.kernel}; "
+          f"cache {arguments.cache or 'default'}; daemon flags: {arguments.daemon_args or 'none'})")
     return 0 if all(results.values()) else 1
 
 

@@ -21,7 +21,7 @@ import sys
 from typing import Sequence
 
 from virtiofsd import __version__
-from virtiofsd.config import CacheMode, Config, Sandbox, Seccomp
+from virtiofsd.config import THREAD_POOL_AUTO, CacheMode, Config, Sandbox, Seccomp
 from virtiofsd.errors import ConfigError
 from virtiofsd.idmap import parse_translation
 from virtiofsd.manager import GROUP_INODE_STORE, entry_point_names
@@ -49,6 +49,23 @@ class CompatOptionError(ConfigError):
     """A ``-o`` option is unknown, malformed, or refused."""
 
 
+#: Each request queue is served by a thread of its own.
+MAX_REQUEST_QUEUES = 64
+
+
+def _thread_pool_size(value: str) -> int:
+    """An integer as for the Rust daemon, or ``auto`` (:data:`THREAD_POOL_AUTO`)."""
+    if value == "auto":
+        return THREAD_POOL_AUTO
+    try:
+        size = int(value)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: 0 or more, or 'auto'")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser; defaults of options that need to know "given or not" are ``None``."""
     p = argparse.ArgumentParser(
@@ -64,8 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--socket-path", help="vhost-user socket path")
     add("--socket-group", help="Name of group for the vhost-user socket")
     add("--fd", type=int, help="File descriptor for the listening (not yet connected) socket")
-    add("--thread-pool-size", type=int, default=0,
-        help='Maximum thread pool size. A value of "0" disables the pool [default: 0]')
+    add("--thread-pool-size", type=_thread_pool_size, default=0,
+        help='Maximum thread pool size. A value of "0" disables the pool; "auto" serves small '
+             'requests on the queue thread and hands blocking ones, and big ones while others '
+             'wait, to a pool of one thread per CPU (2 to 8) [default: 0]')
+    add("--num-request-queues", type=int, default=1,
+        help="Request queues offered to the front-end, 1 to 64; give QEMU's vhost-user-fs "
+             "device the same num-request-queues (the Rust daemon offers 1) [default: 1]")
     add("--xattr", action="store_true", default=None, help="Enable support for extended attributes")
     add("--posix-acl", action="store_true", default=None,
         help="Enable support for posix ACLs (implies --xattr)")
@@ -268,10 +290,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         raise ConfigError("exactly one of --socket-path and --fd is required")
     if args.socket_group and args.fd is not None:
         raise ConfigError("--socket-group only applies to --socket-path")
-    if args.thread_pool_size < 0:
-        raise ConfigError("--thread-pool-size must be 0 or more")
     if args.rlimit_nofile is not None and args.rlimit_nofile < 0:
         raise ConfigError("--rlimit-nofile must be 0 or more")
+    if not 1 <= args.num_request_queues <= MAX_REQUEST_QUEUES:
+        raise ConfigError(f"--num-request-queues must be 1 to {MAX_REQUEST_QUEUES}")
     if args.tag is not None and not 0 < len(args.tag.encode()) <= 36:
         raise ConfigError("--tag must be 1 to 36 bytes long")
     shared_dir = os.path.abspath(args.shared_dir)
@@ -297,6 +319,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         socket_group=args.socket_group,
         tag=args.tag,
         thread_pool_size=args.thread_pool_size,
+        num_request_queues=args.num_request_queues,
         cache=CacheMode(args.cache or "auto"),
         readdirplus=not args.no_readdirplus,
         writeback=bool(args.writeback),

@@ -42,6 +42,10 @@ CACHE_TIMEOUTS = {
 }
 
 
+#: ``Config.thread_pool_size`` of ``--thread-pool-size auto``: a pool used only when it pays.
+THREAD_POOL_AUTO = -1
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every command-line option, parsed and validated; see ``virtiofsd --help``."""
@@ -52,6 +56,8 @@ class Config:
     socket_group: str | None = None
     tag: str | None = None
     thread_pool_size: int = 0
+    #: Request queues offered to the front-end (QEMU's vhost-user-fs-pci num-request-queues).
+    num_request_queues: int = 1
     cache: CacheMode = CacheMode.AUTO
     allow_mmap: bool = False
     readdirplus: bool = True

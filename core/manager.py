@@ -104,3 +104,25 @@ def make_plugin_manager(config: Any = None, *, load_entry_points: bool = True,
     pm.check_pending()
     check_slots(pm)
     return pm
+
+
+def resolve_hook(pm: pluggy.PluginManager, hook_name: str) -> Any:
+    """The cheapest callable with the semantics of ``pm.hook.<hook_name>(**kwargs)``.
+
+    Per-request hooks are called tens of thousands of times a second, and pluggy's caller walks
+    its implementation list for every call.  When a ``firstresult`` hook has exactly one
+    implementation, no wrapper, and that implementation takes every argument of the spec, calling
+    its function directly returns the same value and raises the same exceptions, so that function
+    is returned.  Anything else (several plugins, a wrapper, an implementation taking a subset of
+    the arguments, a hook that returns a list) gets the hook caller itself.  Resolve after every
+    plugin is registered: a plugin added later is not seen by an already resolved callable.
+    """
+    caller = getattr(pm.hook, hook_name)
+    spec = caller.spec
+    impls = caller.get_hookimpls()
+    if spec is None or not spec.opts.get("firstresult") or len(impls) != 1:
+        return caller
+    (impl,) = impls
+    if impl.wrapper or impl.hookwrapper or impl.argnames != spec.argnames or impl.kwargnames:
+        return caller
+    return impl.function

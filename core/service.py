@@ -172,6 +172,7 @@ def run(config: Config) -> int:
             listener.close()
             try:
                 clean = serve_connection(connection, router, tag=config.tag,
+                                         num_request_queues=config.num_request_queues,
                                          thread_pool_size=config.thread_pool_size,
                                          device_state=_device_state_transfer(pm, router))
             finally:

@@ -62,7 +62,8 @@ def _window(views: Views, start: int, end: int) -> tuple[list[memoryview], int]:
             lo = start - pos if start > pos else 0
             hi = end - pos if end < stop else size
             if hi > lo:
-                out.append(view[lo:hi])
+                # A whole buffer goes as it is (WRITE data: one page per buffer).
+                out.append(view if hi - lo == size else view[lo:hi])
             if stop >= end:
                 return out, end
         pos = stop

@@ -47,6 +47,7 @@ from virtiofsd.fuse import abi, codec
 from virtiofsd.fuse.context import Request
 from virtiofsd.fuse.replies import WriteReply
 from virtiofsd.fuse.session import FuseSession, negotiate
+from virtiofsd.manager import resolve_hook
 from virtiofsd.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ _INTERRUPT = int(Op.INTERRUPT)
 _OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
 _IN_HEADER_SIZE = codec.IN_HEADER_SIZE
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+#: Requests that can keep a thread waiting for long: flushing to disk, a lock that waits, an
+#: open that waits for a lease holder on the host to let go.
+_MAY_BLOCK = frozenset(int(op) for op in (Op.FSYNC, Op.FSYNCDIR, Op.FLUSH, Op.SETLKW,
+                                          Op.FALLOCATE, Op.COPY_FILE_RANGE, Op.SYNCFS,
+                                          Op.OPEN, Op.CREATE))
 
 
 def _opcode_name(opcode: int) -> str:
@@ -77,7 +83,8 @@ def _opcode_name(opcode: int) -> str:
 class FuseRouter:
     """Serves FUSE requests from descriptor chains with the hooks of ``pm``.
 
-    :param pm: the plugin manager (its hooks are resolved once, here).
+    :param pm: the plugin manager (its hooks are resolved once, here: register every plugin
+        first; see :func:`virtiofsd.manager.resolve_hook`).
     :param config: the :class:`virtiofsd.config.Config`, for INIT negotiation.
     """
 
@@ -92,8 +99,8 @@ class FuseRouter:
         self._debug = log.isEnabledFor(logging.DEBUG)
         #: What the guest gets wrong is logged through this, so it cannot flood the log.
         self._guest_errors = RateLimitedLog(log, level=logging.WARNING)
-        #: opcode -> (operation, hook caller), built once.
-        self._table = {opcode: (operation, getattr(pm.hook, operation.hook_name))
+        #: opcode -> (operation, hook callable), built once.
+        self._table = {opcode: (operation, resolve_hook(pm, operation.hook_name))
                        for opcode, operation in codec.OPERATIONS.items()}
         #: unique -> the hook's deferred reply, for INTERRUPT to cancel.
         self._waiting: dict[int, Deferred] = {}
@@ -122,6 +129,13 @@ class FuseRouter:
                 self._end_session(Request(0, Op.DESTROY, 0, 0, 0, 0, self._session))
             except Exception:
                 log.exception("the destroy hook failed during a device reset")
+
+    def may_block(self, readable: Sequence[memoryview]) -> bool:
+        """Whether the request in ``readable`` can wait for long (the automatic thread pool
+        serves those on a pool thread).  Only the opcode is read; the request is decoded, and
+        checked, when it is served."""
+        first = readable[0] if readable else b""
+        return len(first) >= 8 and int.from_bytes(first[4:8], "little") in _MAY_BLOCK
 
     def handle_chain(self, queue_index: int, readable: Sequence[memoryview],
                      writable: Sequence[memoryview]) -> int | Deferred:

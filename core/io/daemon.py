@@ -10,7 +10,10 @@ Threads and who owns what:
   plane wants it to look again, or to stop).  On every wake-up it drains *every* available
   chain, with notifications from the driver suppressed while it does, then re-enables them
   and re-checks so that a buffer published in between is not left waiting for a kick that
-  will never come.  It signals the call eventfd at most once per drained batch.
+  will never come.  It signals the call eventfd once per drained batch, and also right after
+  a big request (:data:`BIG_REQUEST_BYTES`), so that the driver can refill the ring while the
+  rest of a batch of big reads or writes is served (the signal then costs little next to
+  the copy).
 * The control plane never touches a running queue.  Stopping a ring (GET_VRING_BASE, new
   kick fd, reset, disconnect) sets a flag, writes the wake fd and joins the thread, which
   writes its next avail index back into the ring's ``base`` as it exits.  The kick fd is
@@ -31,6 +34,14 @@ like any pool completion, without one the resolving thread queues it for the wor
 so the used ring keeps a single writer.  Stopping a ring cancels what still waits, then waits for
 it like for the pool.
 
+Automatic pool (``--thread-pool-size auto``): the pool exists, but the worker serves a chain
+itself unless handing it over pays: the handler says the request may block for long (an fsync,
+a waiting lock; :meth:`ChainHandler.may_block`), or it moves a lot of data (at least
+:data:`BIG_REQUEST_BYTES`) while more chains wait behind it, so that the copies of several big
+reads or writes run in parallel (the GIL is released while ``preadv``/``pwritev`` run).  A
+shallow queue of small requests never pays the hand-over, which costs several times the request
+itself.  Completions always go through the completion lock in this mode.
+
 A handler exception is a bug in the layer above: it is logged with its traceback, the chain
 is completed with 0 bytes and serving continues.  Guest mistakes (a malformed chain, a bad
 request) are logged at a limited rate, so a misbehaving guest cannot flood the log.
@@ -47,6 +58,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+from virtiofsd.config import THREAD_POOL_AUTO
 from virtiofsd.deferred import Deferred
 from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.io.unix_socket import receive_message, send_message
@@ -57,11 +69,22 @@ from virtiofsd.virtio.device import ChainHandler
 from virtiofsd.virtio.memory import GuestMemory
 from virtiofsd.virtio.split_queue import SplitQueue, ring_layout_sizes
 
-__all__ = ["QueueWorker", "serve_connection"]
+__all__ = ["AUTO_POOL", "BIG_REQUEST_BYTES", "QueueWorker", "auto_pool_size", "serve_connection"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_FAILURE = select.POLLERR | select.POLLNVAL
+
+#: ``thread_pool_size`` value of the automatic mode (see the module docstring).
+AUTO_POOL = THREAD_POOL_AUTO
+#: A chain moving at least this many bytes is worth a pool thread when others wait behind it.
+BIG_REQUEST_BYTES = 64 * 1024
+
+
+def auto_pool_size() -> int:
+    """Threads of the automatic pool: one per CPU, at least 2, at most 8 (the copies it runs
+    in parallel are memory-bound, and Python code holds the GIL anyway)."""
+    return min(8, max(2, os.cpu_count() or 1))
 
 
 def _consume_eventfd(fd: int) -> None:
@@ -87,7 +110,10 @@ class QueueWorker:
         handler: ChainHandler,
         guest_errors: RateLimitedLog,
         pool: Executor | None = None,
+        *,
+        auto: bool = False,
     ) -> None:
+        """``auto``: ``pool`` is the automatic mode's, used only when it pays (module doc)."""
         self._vring = vring
         self._index = vring.index
         self._queue = queue
@@ -97,6 +123,8 @@ class QueueWorker:
         self._handle_chain = handler.handle_chain
         self._guest_errors = guest_errors
         self._pool = pool
+        self._auto = auto and pool is not None
+        self._may_block = getattr(handler, "may_block", None) or _never_blocks
         # Serialises completions (used ring + notification decision) when a pool serves them.
         self._completion_lock = threading.Lock()
         self._in_flight = 0
@@ -190,8 +218,8 @@ class QueueWorker:
         while not self._stopping:
             queue.disable_notifications()
             healthy = self._drain()
-            if inline and queue.needs_notification():
-                vring.signal_call()
+            if inline:
+                self._notify()
             if not healthy or self._stopping or not queue.enable_notifications():
                 return
 
@@ -221,17 +249,39 @@ class QueueWorker:
                 return False
             if chain is None:
                 return True
-            if self._pool is not None:
+            if self._pool is not None and (not self._auto or self._worth_a_thread(chain)):
                 with self._completion_lock:
                     self._in_flight += 1
                 self._pool.submit(self._serve_in_pool, chain)
                 continue
             written = serve_chain(chain)
-            if written is not None:
+            if written is None:  # deferred: completed when it resolves
+                continue
+            if self._pool is None:
                 push_used(chain.head, written)
-                if vring.dirty_log is not None:
-                    self._log_completion(chain, written)
+                if written >= BIG_REQUEST_BYTES or chain.readable_bytes >= BIG_REQUEST_BYTES:
+                    # A big request took long: tell the driver now (if it asked), so it can
+                    # refill the ring while the rest of the batch is served.
+                    self._notify()
+            else:  # the automatic pool's inline requests race with its threads' completions
+                self._complete_out_of_order(chain.head, written)
+            if vring.dirty_log is not None:
+                self._log_completion(chain, written)
         return True
+
+    def _notify(self) -> None:
+        """Signal the call eventfd for what was pushed so far, if the driver wants to know."""
+        if self._queue.needs_notification():
+            self._vring.signal_call()
+
+    def _worth_a_thread(self, chain: DescriptorChain) -> bool:
+        """Automatic mode: hand ``chain`` to the pool (it may block, or it is big and others
+        wait), or serve it here."""
+        if self._may_block(chain.readable):
+            return True
+        if chain.writable_bytes < BIG_REQUEST_BYTES and chain.readable_bytes < BIG_REQUEST_BYTES:
+            return False
+        return bool(self._queue.known_available() or self._in_flight)
 
     def _serve_chain(self, chain: DescriptorChain) -> int | None:
         """Run the handler on one chain; the bytes it wrote, 0 when it failed, None when its
@@ -328,19 +378,26 @@ class QueueWorker:
                 self._vring.signal_call()
 
 
+def _never_blocks(readable: list[memoryview]) -> bool:
+    return False
+
+
 class _Workers:
     """The :class:`~virtiofsd.vhost_user.backend.RingRunner` of one connection."""
 
-    def __init__(self, handler: ChainHandler, pool: Executor | None = None) -> None:
+    def __init__(self, handler: ChainHandler, pool: Executor | None = None, *,
+                 auto: bool = False) -> None:
         self._handler = handler
         self._pool = pool
+        self._auto = auto
         self._workers: dict[int, QueueWorker] = {}
         self._guest_errors = RateLimitedLog(logger)
 
     def start_ring(
         self, vring: Vring, queue: SplitQueue, memory: Callable[[], GuestMemory | None]
     ) -> None:
-        worker = QueueWorker(vring, queue, memory, self._handler, self._guest_errors, self._pool)
+        worker = QueueWorker(vring, queue, memory, self._handler, self._guest_errors, self._pool,
+                             auto=self._auto)
         self._workers[vring.index] = worker
         worker.start()
 
@@ -369,13 +426,17 @@ def serve_connection(
 ) -> bool:
     """Serve one connected front-end until it disconnects; the caller keeps ``sock``.
 
+    ``thread_pool_size``: 0 serves every request on its ring's thread, N > 0 hands every request
+    to a pool of N threads, :data:`AUTO_POOL` decides per request (module docstring).
+
     Returns True when the front-end closed the connection, False when we ended it because of
     a protocol error (already logged).  All workers are stopped and joined, every fd received
     on the connection is closed, and ``handler.reset()`` has been called when this returns.
     """
-    pool = (ThreadPoolExecutor(thread_pool_size, thread_name_prefix="fuse-pool")
-            if thread_pool_size > 0 else None)
-    workers = _Workers(handler, pool)
+    auto = thread_pool_size == AUTO_POOL
+    size = auto_pool_size() if auto else thread_pool_size
+    pool = ThreadPoolExecutor(size, thread_name_prefix="fuse-pool") if size > 0 else None
+    workers = _Workers(handler, pool, auto=auto)
     backend = VhostUserBackend(workers, tag=tag, num_request_queues=num_request_queues,
                                device_state=device_state)
     clean = False

@@ -67,26 +67,17 @@ class DescriptorChain:
     appears as two consecutive views.
     """
 
-    __slots__ = ("_writable_bytes", "head", "readable", "writable")
+    __slots__ = ("head", "readable", "readable_bytes", "writable", "writable_bytes")
 
     def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview],
-                 writable_bytes: int | None = None) -> None:
-        """``writable_bytes``, when the caller already knows it, must be the total of ``writable``
-        (the walker counts it on the way, sparing a sum for every completed request)."""
+                 writable_bytes: int, readable_bytes: int) -> None:
+        """``writable_bytes`` and ``readable_bytes`` are the totals of ``writable`` and
+        ``readable``: the walker counts them on the way, sparing a sum for every request."""
         self.head = head
         self.readable = readable
         self.writable = writable
-        self._writable_bytes = writable_bytes
-
-    @property
-    def readable_bytes(self) -> int:
-        return sum(view.nbytes for view in self.readable)
-
-    @property
-    def writable_bytes(self) -> int:
-        if self._writable_bytes is None:
-            self._writable_bytes = sum(view.nbytes for view in self.writable)
-        return self._writable_bytes
+        self.writable_bytes = writable_bytes
+        self.readable_bytes = readable_bytes
 
     def __repr__(self) -> str:
         return (
@@ -117,6 +108,8 @@ def walk_chain(
     in_indirect = False
     writing = False
     writable_bytes = 0
+    readable_bytes = 0
+    region_start, region_end, region_view = 1, 0, None  # no region yet
     while True:
         if visited == table_len:
             where = "indirect table" if in_indirect else "descriptor chain"
@@ -137,27 +130,32 @@ def walk_chain(
 
         if flags & VIRTQ_DESC_F_WRITE:
             writing = True
-            if length:
-                try:
-                    extend(writable, addr, length)
-                except GuestMemoryError as err:
-                    raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
-                writable_bytes += length
+            out = writable
+            writable_bytes += length
+        elif writing:
+            raise InvalidChainError(
+                head,
+                f"chain {head}: device-readable descriptor {index} follows a "
+                "device-writable one",
+            )
         else:
-            if writing:
-                raise InvalidChainError(
-                    head,
-                    f"chain {head}: device-readable descriptor {index} follows a "
-                    "device-writable one",
-                )
-            if length:
+            out = readable
+            readable_bytes += length
+        if length:
+            # Inside the region the previous buffer was in (the usual case, and every page of
+            # a big request): slice it here; else let the memory table translate and check.
+            if region_start <= addr and addr + length <= region_end:
+                offset = addr - region_start
+                out.append(region_view[offset:offset + length])
+            else:
                 try:
-                    extend(readable, addr, length)
+                    extend(out, addr, length)
                 except GuestMemoryError as err:
                     raise InvalidChainError(head, f"chain {head}, descriptor {index}: {err}") from err
+                region_start, region_end, region_view = mem.region_bounds(addr)
 
         if not flags & VIRTQ_DESC_F_NEXT:
-            return DescriptorChain(head, readable, writable, writable_bytes)
+            return DescriptorChain(head, readable, writable, writable_bytes, readable_bytes)
         if next_index >= table_len:
             raise InvalidChainError(
                 head,

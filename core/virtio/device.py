@@ -47,6 +47,9 @@ class ChainHandler(Protocol):
         """
         ...
 
+    # Optional: ``may_block(readable) -> bool``, whether a request can keep a thread waiting for
+    # long; the automatic thread pool serves those on a pool thread.  Without it, none does.
+
     def reset(self) -> None:
         """Forget all per-session state: the front-end reset the device or disconnected."""
         ...

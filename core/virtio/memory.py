@@ -221,6 +221,14 @@ class GuestMemory:
                 return
         raise GuestMemoryError(self._outside(gpa, length))
 
+    def region_bounds(self, gpa: int) -> tuple[int, int, memoryview]:
+        """(start GPA, end GPA, view) of the region holding ``gpa``, which must be in one: the
+        chain walker caches it to slice the next buffers of a chain without a lookup."""
+        position = bisect.bisect_right(self._starts, gpa) - 1
+        if position < 0 or gpa >= self._ends[position]:
+            raise GuestMemoryError(self._outside(gpa, 1))
+        return self._starts[position], self._ends[position], self._views[position]
+
     def _extend_across(self, out: list[memoryview], position: int, gpa: int, end: int) -> None:
         pieces: list[memoryview] = []
         cursor = gpa

@@ -211,6 +211,14 @@ class SplitQueue:
             )
         return walk_chain(self.memory, self._desc, self.size, head, indirect_allowed=self.indirect)
 
+    def known_available(self) -> int:
+        """Chains published at the driver's last index we read that are not popped yet.
+
+        No guest memory is read: this is what the last :meth:`pop` saw, a hint of how deep the
+        queue is (more may have arrived since).
+        """
+        return (self._avail_idx - self._last_avail) & 0xFFFF
+
     def push_used(self, head: int, written: int) -> None:
         """Return chain ``head`` to the driver with ``written`` bytes in its writable buffers.
 

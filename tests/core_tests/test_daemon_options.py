@@ -325,11 +325,19 @@ fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 """
 
 
+POOLS = ["4", "auto"]
+
+
 @needs_root
-def test_thread_pool_serves_requests_while_one_blocks(start_daemon, share: Path) -> None:
+@pytest.mark.parametrize("pool", POOLS)
+def test_thread_pool_serves_requests_while_one_blocks(start_daemon, daemon_kind: str,
+                                                      share: Path, pool: str) -> None:
     """A read lease held on the host makes the daemon's OPEN for writing block until the
-    lease is given up; with a thread pool the other requests in flight are served meanwhile."""
-    with start_daemon(share, "--thread-pool-size", "4") as session:
+    lease is given up; with a thread pool the other requests in flight are served meanwhile
+    (the automatic pool hands OPEN to a pool thread)."""
+    if pool == "auto" and daemon_kind == "rust":
+        pytest.skip("the Rust daemon has no automatic pool")
+    with start_daemon(share, "--thread-pool-size", pool) as session:
         fuse = session.client
         nodeid = fuse.lookup(ROOT_ID, "file").nodeid
         holder = subprocess.Popen(
@@ -363,8 +371,12 @@ def test_thread_pool_serves_requests_while_one_blocks(start_daemon, share: Path)
         fuse.release(nodeid, fh)
 
 
-def test_thread_pool_handles_many_requests_in_flight(start_daemon, share: Path) -> None:
-    with start_daemon(share, "--thread-pool-size", "4") as session:
+@pytest.mark.parametrize("pool", POOLS)
+def test_thread_pool_handles_many_requests_in_flight(start_daemon, daemon_kind: str,
+                                                     share: Path, pool: str) -> None:
+    if pool == "auto" and daemon_kind == "rust":
+        pytest.skip("the Rust daemon has no automatic pool")
+    with start_daemon(share, "--thread-pool-size", pool) as session:
         fuse = session.client
         for index in range(32):
             (share / f"f{index}").write_bytes(b"x" * index)

@@ -408,6 +408,33 @@ def test_buffer_spanning_two_regions_yields_two_views():
     assert bytes(chain.readable[1]) == bytes(driver.buf[:2])
 
 
+def test_buffers_alternating_between_regions_are_each_translated_in_their_own():
+    """The walker slices consecutive buffers of one region without a lookup; a buffer in
+    another region, one crossing into the next region, and one past the end of a region must
+    still be translated (or refused) on their own."""
+    low = bytearray(b"L" * 0x1000)
+    driver = Driver()
+    driver.mem = GuestMemory([*driver.mem.regions,
+                              MappedRegion(BASE - 0x1000, 0x1000, 0x6000_0000, memoryview(low))])
+    driver.buf[DATA - BASE:DATA - BASE + 8] = b"HIGHHIGH"
+    buffers = [(DATA, 4), (BASE - 0x1000, 4), (DATA + 4, 4), (BASE - 0x1000 + 8, 4),
+               (BASE - 2, 4)]
+    for index, (addr, length) in enumerate(buffers):
+        last = index == len(buffers) - 1
+        driver.desc(index, addr, length, 0 if last else NEXT, index + 1)
+    driver.publish(0)
+    chain = driver.queue().pop()
+    assert [bytes(view) for view in chain.readable] == [
+        b"HIGH", b"LLLL", b"HIGH", b"LLLL", b"LL", bytes(driver.buf[:2])]
+    assert chain.readable_bytes == 20
+
+    driver.desc(5, DATA, 4, NEXT, 6)
+    driver.desc(6, BASE + MEM_SIZE - 2, 4)  # runs past the end of guest memory
+    driver.publish(5)
+    with pytest.raises(InvalidChainError, match="not backed"):
+        driver.queue(last_avail=1).pop()
+
+
 def test_set_memory_retranslates_the_rings():
     driver = Driver()
     queue = driver.queue()

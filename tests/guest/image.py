@@ -43,6 +43,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = pathlib.Path(os.environ.get("VIRTIOFSD_GUEST_CACHE", REPO_ROOT / ".cache" / "guest"))
 BUSYBOX = pathlib.Path("/bin/busybox")
 KERNEL_META_PACKAGE = "linux-image-amd64"
+#: Guest kernels by Debian suite: "bookworm" is 6.1, the machine's own archive; "trixie" is
+#: Debian 13's 6.12, the first with virtio-fs multi-queue (Linux 6.11), fetched from the same
+#: archive asked for the suite trixie (as shared/tools/reference-daemons.sh does).
+KERNELS = ("bookworm", "trixie")
+DEFAULT_KERNEL = "bookworm"
 
 # Load order matters: insmod does no dependency resolution.  The order is verified against
 # each module's own "depends=" list at build time, so a kernel update that adds a
@@ -61,6 +66,9 @@ MODULES = (
     "9pnet_virtio",
     "9p",
 )
+
+#: Modules a newer kernel no longer has on their own: fscache is part of netfs since Linux 6.4.
+FOLDED_MODULES = {"fscache": "netfs"}
 
 #: The 9p tag of the host's root and the kernel command-line word that asks /init to mount it.
 HOST_ROOT_TAG = "hostroot"
@@ -83,6 +91,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 echo 1 > /proc/sys/kernel/printk
 for module in {" ".join(MODULES)}; do
+    [ -e /lib/modules/$module.ko ] || continue  # built into this kernel
     insmod /lib/modules/$module.ko || echo "GUEST-ERROR insmod $module failed"
 done
 host_root=no
@@ -243,23 +252,43 @@ def _run(argv: list[str], cwd: pathlib.Path | None = None) -> str:
     return completed.stdout
 
 
-def kernel_package_name() -> str:
+def _apt_options(cache: pathlib.Path, suite: str) -> list[str]:
+    """apt options for ``suite``: none for the machine's own; else a private source list (the
+    machine's first archive stanza with the suite replaced) and private package lists, so the
+    machine's apt configuration is never touched."""
+    if suite == DEFAULT_KERNEL:
+        return []
+    apt = cache / f"apt-{suite}"
+    lists = apt / "lists"
+    sources = apt / f"{suite}.sources"
+    options = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=/dev/null",
+               "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache::archives={apt}"]
+    if not any(lists.glob("*Packages*")):
+        (lists / "partial").mkdir(parents=True, exist_ok=True)
+        stanza = pathlib.Path("/etc/apt/sources.list.d/debian.sources").read_text().split("\n\n")[0]
+        sources.write_text(re.sub(r"(?m)^Suites:.*$", f"Suites: {suite}", stanza) + "\n")
+        _run(["apt-get", *options, "update", "-qq"])
+    return options
+
+
+def kernel_package_name(apt_options: list[str] = ()) -> str:
     """Resolves the versioned kernel package that the linux-image-amd64 meta package depends on."""
-    output = _run(["apt-cache", "depends", KERNEL_META_PACKAGE])
+    output = _run(["apt-cache", *apt_options, "depends", KERNEL_META_PACKAGE])
     match = re.search(r"Depends:\s*(linux-image-\S+)", output)
     if not match:
         raise ImageError(f"apt-cache shows no kernel dependency for {KERNEL_META_PACKAGE}:\n{output}")
     return match.group(1)
 
 
-def fetch_kernel_package(cache: pathlib.Path, package: str) -> pathlib.Path:
+def fetch_kernel_package(cache: pathlib.Path, package: str,
+                         apt_options: list[str] = ()) -> pathlib.Path:
     """Downloads (without installing) the kernel package into the cache, once."""
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     existing = sorted(debs.glob(f"{package}_*.deb"))
     if existing:
         return existing[-1]
-    _run(["apt-get", "download", "-q", package], cwd=debs)
+    _run(["apt-get", *apt_options, "download", "-q", package], cwd=debs)
     downloaded = sorted(debs.glob(f"{package}_*.deb"))
     if not downloaded:
         raise ImageError(f"apt-get download {package} produced no .deb in {debs}")
@@ -285,9 +314,20 @@ def _find_module(tree: pathlib.Path, name: str) -> pathlib.Path:
     return candidates[0]
 
 
-def _check_load_order(depends: dict[str, list[str]]) -> None:
-    loaded: set[str] = set()
+def _builtin_modules(module_tree: pathlib.Path) -> set[str]:
+    """Names of the modules compiled into the kernel (its ``modules.builtin``)."""
+    names: set[str] = set()
+    for listing in module_tree.glob("*/modules.builtin"):
+        names.update(pathlib.PurePosixPath(line).name.split(".ko")[0]
+                     for line in listing.read_text().split())
+    return names
+
+
+def _check_load_order(depends: dict[str, list[str]], builtin: set[str] = frozenset()) -> None:
+    loaded: set[str] = set(builtin)
     for name in MODULES:
+        if name not in depends:
+            continue
         missing = [dependency for dependency in depends[name] if dependency not in loaded]
         if missing:
             raise ImageError(f"module {name} needs {missing} loaded first; update MODULES")
@@ -319,14 +359,19 @@ def workload_archive(script: str, extra_files: dict[str, bytes] | None = None) -
     return archive.finish()
 
 
-def build(cache: pathlib.Path = DEFAULT_CACHE) -> GuestImage:
-    """Returns the image for the current inputs, building it if the cache has none."""
+def build(cache: pathlib.Path = DEFAULT_CACHE, kernel: str = DEFAULT_KERNEL) -> GuestImage:
+    """Returns the image for the current inputs, building it if the cache has none.
+
+    ``kernel`` is one of :data:`KERNELS`; each has its own cached image."""
+    if kernel not in KERNELS:
+        raise ImageError(f"unknown guest kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if not BUSYBOX.is_file():
         raise ImageError(f"{BUSYBOX} is missing; install busybox-static")
     if not is_static_executable(BUSYBOX.read_bytes()):
         raise ImageError(f"{BUSYBOX} is dynamically linked; install busybox-static")
-    package = kernel_package_name()
-    deb = fetch_kernel_package(cache, package)
+    apt_options = _apt_options(cache, kernel)
+    package = kernel_package_name(apt_options)
+    deb = fetch_kernel_package(cache, package, apt_options)
     key_source = "\n".join(
         [BUILD_FORMAT, deb.name, file_sha256(BUSYBOX), ",".join(MODULES), INIT_SCRIPT, PASSWD, GROUP]
     )
@@ -344,8 +389,16 @@ def build(cache: pathlib.Path = DEFAULT_CACHE) -> GuestImage:
         if len(kernels) != 1:
             raise ImageError(f"expected one vmlinuz in {deb}, found {kernels}")
         module_tree = tree / "lib" / "modules"
-        modules = {name: read_module(_find_module(module_tree, name)) for name in MODULES}
-        _check_load_order({name: module_depends(data) for name, data in modules.items()})
+        if not module_tree.is_dir():  # trixie's merged /usr
+            module_tree = tree / "usr" / "lib" / "modules"
+        builtin = _builtin_modules(module_tree)
+        folded = {name for name, into in FOLDED_MODULES.items()
+                  if not any(module_tree.rglob(f"{name}.ko*"))
+                  and (into in builtin or any(module_tree.rglob(f"{into}.ko*")))}
+        modules = {name: read_module(_find_module(module_tree, name))
+                   for name in MODULES if name not in builtin and name not in folded}
+        _check_load_order({name: module_depends(data) for name, data in modules.items()},
+                          builtin)
 
         staging = pathlib.Path(scratch) / "out"
         staging.mkdir()
@@ -379,10 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=pathlib.Path, default=DEFAULT_CACHE,
                         help=f"cache directory (default {DEFAULT_CACHE})")
+    parser.add_argument("--kernel", choices=KERNELS, default=DEFAULT_KERNEL,
+                        help=f"guest kernel by Debian suite (default {DEFAULT_KERNEL})")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        image = build(arguments.cache)
+        image = build(arguments.cache, arguments.kernel)
     except ImageError as error:
         print(f"image build failed: {error}", file=sys.stderr)
         return 1

@@ -160,19 +160,26 @@ def host_root_arguments() -> tuple[list[str], str]:
 
 def qemu_command(image: guest_image.GuestImage, initramfs: pathlib.Path, socket_path: pathlib.Path,
                  console_path: pathlib.Path, qemu: str = QEMU, host_root: bool = False,
-                 extra_sockets: dict[str, pathlib.Path] | None = None) -> list[str]:
+                 extra_sockets: dict[str, pathlib.Path] | None = None, *, cpus: int = 1,
+                 request_queues: int = 1) -> list[str]:
+    """With several CPUs, TCG runs one host thread per vCPU (thread=multi); without it all
+    vCPUs share one thread and nothing in the guest runs in parallel."""
     memory = f"{GUEST_MEMORY_MIB}M"
+    accel = "tcg" if cpus == 1 else "tcg,thread=multi"
+    device = f"vhost-user-fs-pci,queue-size=1024,chardev=c0,tag={guest_image.MOUNT_TAG}"
+    if request_queues != 1:
+        device += f",num-request-queues={request_queues}"
     host_root_args, cmdline_flag = host_root_arguments() if host_root else ([], "")
     extra_devices = []
     for index, (tag, extra_socket) in enumerate((extra_sockets or {}).items(), start=1):
         extra_devices += ["-chardev", f"socket,id=c{index},path={extra_socket}",
                           "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=c{index},tag={tag}"]
     return [
-        qemu, "-accel", "tcg", "-smp", "1", "-m", memory,
+        qemu, "-accel", accel, "-smp", str(cpus), "-m", memory,
         "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
         "-numa", "node,memdev=mem",
         "-chardev", f"socket,id=c0,path={socket_path}",
-        "-device", f"vhost-user-fs-pci,queue-size=1024,chardev=c0,tag={guest_image.MOUNT_TAG}",
+        "-device", device,
         *extra_devices,
         "-kernel", str(image.kernel), "-initrd", str(initramfs),
         # panic=-1 turns a guest panic (e.g. /init dying) into an immediate reboot, which
@@ -210,8 +217,13 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
          extra_files: dict[str, bytes] | None = None, qemu: str = QEMU,
          host_root: bool = False, command: list[str] | None = None,
          socket_owner: tuple[int, int] | None = None,
-         extra_shares: list[ExtraShare] = ()) -> BootResult:
+         extra_shares: list[ExtraShare] = (),
+         kernel: str = guest_image.DEFAULT_KERNEL, cpus: int = 1,
+         request_queues: int = 1) -> BootResult:
     """Runs one guest boot; raises BootError if it does not finish within ``timeout`` seconds.
+
+    ``kernel`` picks the guest kernel (:data:`guest.image.KERNELS`), ``cpus`` the vCPUs and
+    ``request_queues`` the device's num-request-queues (the daemon must offer as many).
 
     ``wrapper`` is put in front of the daemon's command line (e.g. strace, to observe the
     host syscalls).  ``extra_files`` go into the guest's / next to the workload script.
@@ -230,7 +242,7 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
     command = list(command) if command is not None else daemon_command(daemon)
     if host_root and not pathlib.Path("/mnt").is_dir():
         raise BootError("host_root needs a /mnt folder on the host to bind the share onto")
-    image = guest_image.build()
+    image = guest_image.build(kernel=kernel)
     socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))
     if socket_owner is not None:
         os.chown(socket_dir, *socket_owner)
@@ -290,7 +302,8 @@ def boot(daemon: str, shared_dir: pathlib.Path, script: str, *, daemon_args: lis
         with qemu_log_path.open("wb") as qemu_log_file:
             qemu_process = subprocess.Popen(
                 [*DIE_WITH_PARENT, *qemu_command(image, initramfs, socket_path, console_path, qemu,
-                                               host_root, extra_sockets)],
+                                               host_root, extra_sockets, cpus=cpus,
+                                               request_queues=request_queues)],
                 stdin=subprocess.DEVNULL, stdout=qemu_log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
