@@ -33,6 +33,7 @@ GETDENTS_CHUNK = 32 * 1024
 #: Large enough for one record with a 255-byte name (getdents64 fails with EINVAL otherwise).
 _GETDENTS_MIN = 512
 _MAX_OFFSET = (1 << 63) - 1
+_OUT_OF_DESCRIPTORS = (errno.ENFILE, errno.EMFILE)
 _DOTS = (b".", b"..")
 
 
@@ -172,7 +173,8 @@ class DirOps:
 
         The lookup comes first and counts; when its record then does not fit, that lookup is
         taken back, since the guest will never learn the node id.  An entry removed between
-        getdents64 and its lookup is skipped.
+        getdents64 and its lookup is skipped; one the daemon has no descriptor left for is listed
+        without attributes.
         """
         if size == 0:
             return EMPTY
@@ -187,8 +189,16 @@ class DirOps:
                     continue
                 try:
                     reply = self._state.lookup(req, folder, entry.name)
-                except OSError as exc:
+                except (OSError, FuseError) as exc:
                     if exc.errno == errno.ENOENT:
+                        continue
+                    if exc.errno in _OUT_OF_DESCRIPTORS:
+                        # The name without attributes (node id 0: the kernel then treats it as
+                        # a plain entry), so that a spent descriptor budget never shortens a
+                        # listing; the guest's own LOOKUP of it then meets ENFILE visibly.
+                        if not out.add_plus(None, entry.ino, entry.offset, entry.dtype,
+                                            entry.name):
+                            break
                         continue
                     if len(out):
                         break

@@ -227,6 +227,31 @@ def test_a_spent_budget_is_enfile_and_the_daemon_keeps_serving(share: Path) -> N
     assert log_text.count("answering ENFILE") == 1
 
 
+def test_a_spent_budget_never_shortens_a_readdirplus_listing(share: Path) -> None:
+    """Entries the daemon has no descriptor left to look up come without attributes (node id
+    0, which the guest kernel takes as a plain entry), instead of ending the listing early."""
+    names = {f"f{index}" for index in range(300)}
+    for name in names:
+        (share / "dir" / name).touch()
+    with running_daemon(ours("--inode-file-handles=never", "--rlimit-nofile", "256"),
+                        share) as session:
+        fuse = session.client
+        folder = fuse.lookup(ROOT_ID, "dir")
+        handle = fuse.opendir(folder.nodeid)
+        seen, offset = [], 0
+        while True:
+            batch = fuse.readdirplus(folder.nodeid, handle.fh, offset, 16384)
+            if not batch:
+                break
+            seen += batch
+            offset = batch[-1].dirent.off
+        listed = {entry.dirent.name.decode() for entry in seen} - {".", ".."}
+        assert listed == names
+        without_attributes = [entry for entry in seen if entry.entry.nodeid == 0
+                              and entry.dirent.name not in (b".", b"..")]
+        assert 0 < len(without_attributes) < len(names)
+
+
 @pytest.fixture
 def share_with_proc(share: Path) -> Iterator[Path]:
     """A procfs (which cannot make file handles) mounted under the share."""
