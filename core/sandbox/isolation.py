@@ -119,15 +119,17 @@ def _enter_namespace(shared_dir: str, uid_map: list[NamespaceIdRange],
         flags |= ffi.CLONE_NEWUSER
         writer = MapWriter.start(uid_map, gid_map)
     try:
-        ffi.unshare(flags)
-    except PermissionError as err:
+        try:
+            ffi.unshare(flags)
+        except PermissionError as err:
+            raise ConfigError(f"--sandbox namespace: cannot create namespaces ({err}); in a "
+                              "container use --sandbox chroot, or --sandbox none") from err
+    except BaseException:
         if writer is not None:
             writer.abandon()
-        raise ConfigError(f"--sandbox namespace: cannot create namespaces ({err}); in a container "
-                          "use --sandbox chroot, or --sandbox none") from err
+        raise
     if writer is not None:
         writer.finish()
-        _become_namespace_root(uid_map, gid_map)
     # The child must not outlive its parent.  Its parent is outside its pid namespace (getppid
     # says 0), so a pidfd tells whether the parent died before PDEATHSIG was armed.
     parent = os.pidfd_open(os.getpid())
@@ -143,6 +145,10 @@ def _enter_namespace(shared_dir: str, uid_map: list[NamespaceIdRange],
     if parent_gone:
         os._exit(1)
     try:
+        if writer is not None:
+            # Only the serving child: the waiting parent keeps the host user's ids, which own
+            # the socket's folder, so it can still remove the socket at the end.
+            _become_namespace_root(uid_map, gid_map)
         _pivot_into(shared_dir)
     except BaseException as err:
         # Half-pivoted: no host path can be trusted any more, so nothing may be cleaned up by
