@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 
@@ -21,6 +20,9 @@ from virtiofsd.fuse.abi import ROOT_ID
 from virtiofsd.testing import FuseReplyError, running_daemon
 
 from core_tests.conftest import RUST_REFERENCE, skip_unless_available
+# The same daemon tree, user-owned folders and command lines as the --sandbox none recipe (the
+# folders fixture takes this module's user, who has subordinate ids).
+from core_tests.test_unprivileged_daemon import command, folders, ours_tree  # noqa: F401
 from support import unprivileged
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating a host user needs root")
@@ -34,29 +36,6 @@ def user():
     found = unprivileged.ordinary_user()
     unprivileged.give_subordinate_ids(found)
     return found
-
-
-@pytest.fixture(scope="module")
-def ours_tree():
-    tree = unprivileged.daemon_tree()
-    yield tree
-    shutil.rmtree(tree, ignore_errors=True)
-
-
-@pytest.fixture
-def folders(user):
-    share = unprivileged.user_folder(user, "vfs-userns-share-")
-    sockets = unprivileged.user_folder(user, "vfs-userns-sock-")
-    yield share, sockets
-    shutil.rmtree(share, ignore_errors=True)
-    shutil.rmtree(sockets, ignore_errors=True)
-
-
-def command(kind: str, user, tree) -> list[str]:
-    skip_unless_available(kind)
-    if kind == "ours":
-        return unprivileged.daemon_command_as(user, tree)
-    return [*unprivileged.as_user(user), str(RUST_REFERENCE)]
 
 
 def test_a_subordinate_range_maps_guest_ids(daemon_kind: str, user, ours_tree, folders) -> None:
@@ -113,8 +92,10 @@ def test_unshare_map_auto_then_sandbox_chroot(daemon_kind: str, user, ours_tree,
     namespace ids 1.. are the subordinate ids; the daemon runs as (namespace) root."""
     unprivileged.require_newuidmap()
     share, sockets = folders
-    argv = [*unprivileged.as_user(user), "unshare", "-r", "--map-auto", "--",
-            *command(daemon_kind, user, ours_tree)[len(unprivileged.as_user(user)):],
+    skip_unless_available(daemon_kind)
+    program = (unprivileged.daemon_command_from(ours_tree) if daemon_kind == "ours"
+               else [str(RUST_REFERENCE)])
+    argv = [*unprivileged.as_user(user), "unshare", "-r", "--map-auto", "--", *program,
             "--socket-path", "{socket_path}", "--shared-dir", "{shared_dir}",
             "--sandbox", "chroot"]
     with running_daemon(argv, share, socket_path=sockets / "vhost.sock") as daemon:

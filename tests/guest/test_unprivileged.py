@@ -122,9 +122,7 @@ def test_rootless_recipes_with_subordinate_ids(daemon_name: str, recipe: Callabl
     unprivileged.require_newuidmap()
     unprivileged.give_subordinate_ids(user)
     if daemon_name == "ours":
-        tree = unprivileged.daemon_tree()
-        daemon = ["env", f"PYTHONPATH={tree}", str(unprivileged.system_python()), "-m",
-                  "virtiofsd"]
+        daemon = unprivileged.daemon_command_from(unprivileged.daemon_tree())
     else:
         daemon = runner.daemon_command("rust")
     command, daemon_args, share_owner, host_id = recipe(user, daemon)

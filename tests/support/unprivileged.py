@@ -82,9 +82,14 @@ def as_user(user: pwd.struct_passwd) -> list[str]:
     return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
 
 
+def daemon_command_from(tree: pathlib.Path) -> list[str]:
+    """The command prefix running our daemon from ``tree`` with the system's interpreter."""
+    return ["env", f"PYTHONPATH={tree}", str(system_python()), "-m", "virtiofsd"]
+
+
 def daemon_command_as(user: pwd.struct_passwd, tree: pathlib.Path) -> list[str]:
     """The command prefix running our daemon from ``tree`` as ``user`` (no supplementary groups)."""
-    return [*as_user(user), "env", f"PYTHONPATH={tree}", str(system_python()), "-m", "virtiofsd"]
+    return [*as_user(user), *daemon_command_from(tree)]
 
 
 #: The subordinate ids the tests give the ordinary user (the seed README's example range).
