@@ -128,7 +128,7 @@ class MapWriter:
                     _write_maps(target, "uid", uid_map, uid)
                     _write_maps(target, "gid", gid_map, gid)
                     os.write(reply_write, _DONE)
-            except BaseException as err:  # the parent gets the reason; the helper must exit
+            except BaseException as err:  # noqa: BLE001 - sent to the parent; the helper must exit
                 os.write(reply_write, str(err).encode(errors="replace")[:4000])
                 status = 1
             finally:
