@@ -26,6 +26,7 @@ from virtiofsd.errors import ConfigError
 from virtiofsd.idmap import parse_translation
 from virtiofsd.manager import GROUP_INODE_STORE, entry_point_names
 from virtiofsd.sandbox.capabilities import parse_modcaps
+from virtiofsd.sandbox.userns import parse_namespace_map
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,7 @@ INODE_STORE_ALIASES = {"fallback": "prefer"}
 INODE_STORE_WORDS = ("never", "prefer", "mandatory", "fallback")
 
 #: Options of later features, refused when given.  Value: the feature that brings them.
-NOT_YET = {
-    "uid_map": "user-namespace id maps",
-    "gid_map": "user-namespace id maps",
-}
+NOT_YET: dict[str, str] = {}
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")
 
@@ -305,6 +303,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     inode_store = _resolve_inode_store(args, fallbacks)
     parse_translation(args.translate_uid or (), "uid")
     parse_translation(args.translate_gid or (), "gid")
+    for option, values in (("--uid-map", args.uid_map), ("--gid-map", args.gid_map)):
+        for value in values or ():
+            try:
+                parse_namespace_map(value)
+            except ConfigError as err:
+                raise ConfigError(f"{option}: {err}") from err
     migration_mode = args.migration_mode or "find-paths"
     if migration_mode == "file-handles":
         for option in ("migration_verify_handles", "migration_confirm_paths"):
@@ -343,6 +347,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
         log_level=log_level,
         syslog=args.syslog,
         extra_plugins=tuple(args.plugins),
+        uid_map=tuple(args.uid_map or ()),
+        gid_map=tuple(args.gid_map or ()),
         translate_uid=tuple(args.translate_uid or ()),
         translate_gid=tuple(args.translate_gid or ()),
         **_xattr_options(args),

@@ -155,7 +155,7 @@ def run(config: Config) -> int:
             files = SocketFiles(config.socket_path, pidfile)
         apply_rlimit_nofile(config.rlimit_nofile)
         drop_supplementary_groups()
-        sandbox = enter_sandbox(config.sandbox, config.shared_dir)
+        sandbox = enter_sandbox(config.sandbox, config.shared_dir, config.uid_map, config.gid_map)
         if files is not None and not sandbox.sees_host_paths:
             files.forget()
         if sandbox.child_pid is not None:

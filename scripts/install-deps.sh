@@ -14,6 +14,7 @@ packages=(
   python3 python3-venv python3-pip
   strace            # the O_DIRECT test watches the daemon's open flags
   attr acl libcap2-bin  # guest tests of --xattr/--posix-acl run setfattr, setfacl, setcap from the host root
+  uidmap            # newuidmap/newgidmap: --uid-map/--gid-map and unshare --map-auto as an ordinary user
   stress-ng         # the conformance boot runs its file-system stressors in the guest (host root)
   ca-certificates
 )

@@ -3,7 +3,8 @@
 namespace (the default), the Rust virtiofsd's steps:
 
 1. ``unshare`` new mount, pid and net namespaces (plus a user namespace when not root, with the
-   caller's uid and gid mapped to themselves);
+   caller's uid and gid mapped to themselves, or the ``--uid-map``/``--gid-map`` ranges written
+   by :mod:`virtiofsd.sandbox.userns`; when they map namespace id 0, the daemon becomes it);
 2. fork: the child is pid 1 of the new pid namespace and serves; the parent closes the listening
    socket, drops every capability, waits, exits with the child's status, and only then removes
    the socket and the pid file, through a descriptor of their folder taken before (the parent
@@ -33,6 +34,7 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Sequence
 
 import prctl
 
@@ -40,6 +42,8 @@ from virtiofsd.config import Sandbox
 from virtiofsd.errors import ConfigError
 from virtiofsd.sandbox import procfs
 from virtiofsd.sandbox.capabilities import apply_capabilities
+from virtiofsd.sandbox.userns import (MapWriter, NamespaceIdRange, check_namespace_maps, maps_root,
+                                      parse_namespace_map)
 from virtiofsd.sys import ffi
 
 log = logging.getLogger(__name__)
@@ -67,8 +71,10 @@ class SandboxResult:
         return self.child_pid is not None
 
 
-def enter_sandbox(mode: Sandbox, shared_dir: str) -> SandboxResult:
+def enter_sandbox(mode: Sandbox, shared_dir: str, uid_map: Sequence[str] = (),
+                  gid_map: Sequence[str] = ()) -> SandboxResult:
     """Isolate this process per ``mode``; in namespace mode, returns twice (parent and child).
+    ``uid_map``/``gid_map`` are the ``--uid-map``/``--gid-map`` values (namespace mode, not root).
 
     An exception leaves this process with its host view; a namespace child that fails half-way
     exits with status 1 instead, which its parent returns.
@@ -78,9 +84,13 @@ def enter_sandbox(mode: Sandbox, shared_dir: str) -> SandboxResult:
     shared_dir = os.path.realpath(shared_dir)
     if not os.path.isdir(shared_dir):
         raise ConfigError(f"--shared-dir {shared_dir}: not a folder")
+    uid_ranges = [parse_namespace_map(value) for value in uid_map]
+    gid_ranges = [parse_namespace_map(value) for value in gid_map]
+    for option, ranges in (("--uid-map", uid_ranges), ("--gid-map", gid_ranges)):
+        check_namespace_maps(option, ranges, os.geteuid(), mode is Sandbox.NAMESPACE)
     try:
         if mode is Sandbox.NAMESPACE:
-            return _enter_namespace(shared_dir)
+            return _enter_namespace(shared_dir, uid_ranges, gid_ranges)
         if mode is Sandbox.CHROOT:
             return _enter_chroot(shared_dir)
     except OSError as err:
@@ -101,18 +111,25 @@ def _enter_chroot(shared_dir: str) -> SandboxResult:
     return SandboxResult(root_dir="/", sees_host_paths=False)
 
 
-def _enter_namespace(shared_dir: str) -> SandboxResult:
-    uid, gid = os.geteuid(), os.getegid()
+def _enter_namespace(shared_dir: str, uid_map: list[NamespaceIdRange],
+                     gid_map: list[NamespaceIdRange]) -> SandboxResult:
     flags = ffi.CLONE_NEWPID | ffi.CLONE_NEWNS | ffi.CLONE_NEWNET
-    if uid != 0:
+    writer = None
+    if os.geteuid() != 0:
         flags |= ffi.CLONE_NEWUSER
+        writer = MapWriter.start(uid_map, gid_map)
     try:
-        ffi.unshare(flags)
-    except PermissionError as err:
-        raise ConfigError(f"--sandbox namespace: cannot create namespaces ({err}); in a container "
-                          "use --sandbox chroot, or --sandbox none") from err
-    if uid != 0:
-        _map_own_ids(uid, gid)
+        try:
+            ffi.unshare(flags)
+        except PermissionError as err:
+            raise ConfigError(f"--sandbox namespace: cannot create namespaces ({err}); in a "
+                              "container use --sandbox chroot, or --sandbox none") from err
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if writer is not None:
+        writer.finish()
     # The child must not outlive its parent.  Its parent is outside its pid namespace (getppid
     # says 0), so a pidfd tells whether the parent died before PDEATHSIG was armed.
     parent = os.pidfd_open(os.getpid())
@@ -128,6 +145,10 @@ def _enter_namespace(shared_dir: str) -> SandboxResult:
     if parent_gone:
         os._exit(1)
     try:
+        if writer is not None:
+            # Only the serving child: the waiting parent keeps the host user's ids, which own
+            # the socket's folder, so it can still remove the socket at the end.
+            _become_namespace_root(uid_map, gid_map)
         _pivot_into(shared_dir)
     except BaseException as err:
         # Half-pivoted: no host path can be trusted any more, so nothing may be cleaned up by
@@ -139,13 +160,19 @@ def _enter_namespace(shared_dir: str) -> SandboxResult:
     return SandboxResult(root_dir="/", sees_host_paths=False)
 
 
-def _map_own_ids(uid: int, gid: int) -> None:
-    """Map the caller's uid and gid to themselves in the new user namespace (setgroups must be
-    denied before an unprivileged process may write a gid map)."""
-    for name, line in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as stream:
-            stream.write(line + "\n")
+def _become_namespace_root(uid_map: list[NamespaceIdRange],
+                           gid_map: list[NamespaceIdRange]) -> None:
+    """Take namespace id 0 where the maps provide it, as the Rust daemon does: guest root's
+    files then land as the host id mapped to 0, and other guest ids are switched to from it."""
+    if maps_root(gid_map):
+        os.setresgid(0, 0, 0)
+    if maps_root(uid_map):
+        os.setresuid(0, 0, 0)
+        if maps_root(gid_map):
+            # newgidmap left setgroups allowed: forget the user's groups (CVE-2022-0358).
+            os.setgroups([])
+    log.info("sandbox: user namespace, running as uid %d gid %d in it", os.geteuid(),
+             os.getegid())
 
 
 def _pivot_into(shared_dir: str) -> None:

@@ -63,13 +63,29 @@ def test_bad_modcaps_are_refused(base, value, message):
         parse(*base, f"--modcaps={value}")
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["--uid-map", ":0:1000:1:"], "--uid-map"),
-    (["--gid-map", ":0:1000:1:"], "--gid-map"),
+def test_namespace_maps_reach_the_config_in_order(base):
+    config, _ = parse(*base, "--uid-map", ":0:100000:65536:", "--uid-map", "/65536/1001/1/",
+                      "--gid-map", ":0:100000:65536:")
+    assert config.uid_map == (":0:100000:65536:", "/65536/1001/1/")
+    assert config.gid_map == (":0:100000:65536:",)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "expected :namespace_id:host_id:count:"),
+    ("0:1000:1", "expected :namespace_id:host_id:count:"),
+    (":0:1000:1", "must end with its separator"),
+    (":0/1000:1:", "separator differs"),
+    (":0:1000:1:2:", "exactly three values"),
+    ("::1000:1:", "namespace_id '' is not an unsigned number"),
+    (":-1:1000:1:", "separator differs"),
+    (":0:a:1:", "host_id 'a' is not an unsigned number"),
+    (":0:4294967296:1:", "host_id 4294967296 does not fit in 32 bits"),
 ])
-def test_unbuilt_options_are_refused_by_name(base, argv, option):
-    with pytest.raises(ConfigError, match=option):
-        parse(*base, *argv)
+@pytest.mark.parametrize("option", ["--uid-map", "--gid-map"])
+def test_malformed_namespace_maps_are_refused(base, option, value, message):
+    """The Rust daemon's grammar: the first character is the separator, three numbers."""
+    with pytest.raises(ConfigError, match=f"{option}: .*{message}"):
+        parse(*base, option, value)
 
 
 @pytest.mark.parametrize("argv", [["--xattr"], ["-o", "xattr"], ["--posix-acl"],

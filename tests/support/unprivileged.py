@@ -77,10 +77,43 @@ def daemon_tree() -> pathlib.Path:
     return tree
 
 
+def as_user(user: pwd.struct_passwd) -> list[str]:
+    """The command prefix running the rest as ``user`` (no supplementary groups)."""
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+
+
+def daemon_command_from(tree: pathlib.Path) -> list[str]:
+    """The command prefix running our daemon from ``tree`` with the system's interpreter."""
+    return ["env", f"PYTHONPATH={tree}", str(system_python()), "-m", "virtiofsd"]
+
+
 def daemon_command_as(user: pwd.struct_passwd, tree: pathlib.Path) -> list[str]:
     """The command prefix running our daemon from ``tree`` as ``user`` (no supplementary groups)."""
-    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-            "env", f"PYTHONPATH={tree}", str(system_python()), "-m", "virtiofsd"]
+    return [*as_user(user), *daemon_command_from(tree)]
+
+
+#: The subordinate ids the tests give the ordinary user (the seed README's example range).
+SUBORDINATE_BASE = 100000
+SUBORDINATE_COUNT = 65536
+
+
+def give_subordinate_ids(user: pwd.struct_passwd) -> None:
+    """Give ``user`` the range SUBORDINATE_BASE.. in /etc/subuid and /etc/subgid (idempotent:
+    an existing line for the user with that start is kept)."""
+    wanted = f"{user.pw_name}:{SUBORDINATE_BASE}:{SUBORDINATE_COUNT}"
+    last = SUBORDINATE_BASE + SUBORDINATE_COUNT - 1
+    for path, option in (("/etc/subuid", "--add-subuids"), ("/etc/subgid", "--add-subgids")):
+        lines = pathlib.Path(path).read_text().splitlines() if os.path.exists(path) else []
+        if wanted not in lines:
+            subprocess.run(["usermod", option, f"{SUBORDINATE_BASE}-{last}", user.pw_name],
+                           check=True, capture_output=True)
+
+
+def require_newuidmap() -> None:
+    """Skip unless newuidmap and newgidmap (Debian package uidmap) are installed."""
+    for helper in ("newuidmap", "newgidmap"):
+        if shutil.which(helper) is None:
+            pytest.skip(f"{helper} is missing (scripts/install-deps.sh installs uidmap)")
 
 
 def user_folder(user: pwd.struct_passwd, prefix: str) -> pathlib.Path:
