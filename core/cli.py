@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing else is loaded unless named")
     add("-V", "--version", action="version", version=f"virtiofsd {__version__}")
     # Locks have no long option (as in the Rust daemon): only -o [no_]posix_lock, -o [no_]flock.
-    p.set_defaults(posix_lock=True, flock=True)
+    p.set_defaults(posix_lock=False, flock=False)
     return p
 
 

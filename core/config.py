@@ -68,10 +68,11 @@ class Config:
     inode_file_handles: str = "prefer"
     preserve_noatime: bool = False
     killpriv_v2: bool = False
-    #: POSIX record locks served by the daemon (``-o no_posix_lock``: the guest keeps them).
-    posix_lock: bool = True
-    #: flock(2) locks served by the daemon (``-o no_flock``: the guest keeps them).
-    flock: bool = True
+    #: POSIX record locks held on the host (``-o posix_lock``); off by default, as in the Rust
+    #: daemon: the guest kernel keeps them (docs/locks-and-opcodes.md says why).
+    posix_lock: bool = False
+    #: flock(2) locks held on the host (``-o flock``); off by default, like ``posix_lock``.
+    flock: bool = False
     xattr: bool = False
     posix_acl: bool = False
     security_label: bool = False

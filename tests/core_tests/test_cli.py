@@ -33,7 +33,7 @@ def test_defaults_match_the_rust_daemon(base, tmp_path):
                 or config.killpriv_v2 or config.xattr)
     assert config.log_level == "info"
     assert not config.allow_mmap
-    assert config.posix_lock and config.flock, "locks are served unless -o no_posix_lock/no_flock"
+    assert not (config.posix_lock or config.flock), "the guest keeps locks unless -o posix_lock/flock"
 
 
 def test_sandbox_and_seccomp_defaults_are_the_rust_daemons_and_enforced(base):
@@ -174,8 +174,9 @@ def test_compat_o_options(tmp_path):
 
 
 @pytest.mark.parametrize("words, posix_lock, flock", [
-    ("posix_lock", True, True), ("flock", True, True), ("no_posix_lock", False, True),
-    ("no_flock", True, False), ("no_flock,flock", True, True),
+    ("posix_lock", True, False), ("flock", False, True), ("posix_lock,flock", True, True),
+    ("posix_lock,flock,no_posix_lock", False, True), ("no_flock", False, False),
+    ("flock,no_flock,flock", False, True),
 ])
 def test_compat_o_lock_options(base, words, posix_lock, flock):
     config, _ = parse(*base, "-o", words)

@@ -41,6 +41,18 @@ def share(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.fixture
+def locking_daemon(start_daemon, daemon_kind: str):
+    """``start_daemon`` with host locks on for ours (``-o posix_lock,flock``; off by default, as
+    in the Rust daemon, which refuses the option)."""
+
+    def start(share: Path, *extra: str, **options: object):
+        locks = ("-o", "posix_lock,flock") if daemon_kind == "ours" else ()
+        return start_daemon(share, *locks, *extra, **options)
+
+    return start
+
+
 def open_twice(fuse: FuseClient) -> tuple[int, int, int]:
     """``file`` opened read-write twice, as by two guest processes: (nodeid, fh_a, fh_b)."""
     nodeid = fuse.lookup(ROOT_ID, "file").nodeid
@@ -58,9 +70,9 @@ def host_conflicts(path: Path, lock_type: int, start: int, length: int) -> bool:
         os.close(fd)
 
 
-def test_lock_requests(start_daemon, daemon_kind: str, share: Path) -> None:
+def test_lock_requests(locking_daemon, daemon_kind: str, share: Path) -> None:
     """Two owners: conflicts, GETLK naming the holder, splitting, host visibility, unlock."""
-    with start_daemon(share) as session:
+    with locking_daemon(share) as session:
         fuse = session.client
         nodeid, fh_a, fh_b = open_twice(fuse)
         negotiated = fuse.init_out.flags & (InitFlag.POSIX_LOCKS | InitFlag.FLOCK_LOCKS)
@@ -91,11 +103,11 @@ def test_lock_requests(start_daemon, daemon_kind: str, share: Path) -> None:
         assert fuse_error(fuse.setlk, nodeid, 999, OWNER_A, 0, 1, WR) == errno.EBADF
 
 
-def test_close_and_release_drop_the_locks(start_daemon, daemon_kind: str, share: Path) -> None:
+def test_close_and_release_drop_the_locks(locking_daemon, daemon_kind: str, share: Path) -> None:
     """FLUSH (every close) drops the owner's POSIX locks; RELEASE with FLOCK_UNLOCK the flock."""
     if daemon_kind == "rust":
         pytest.skip("the Rust daemon serves no locks (ENOSYS, checked in test_lock_requests)")
-    with start_daemon(share) as session:
+    with locking_daemon(share) as session:
         fuse = session.client
         nodeid, fh_a, fh_b = open_twice(fuse)
         fuse.setlk(nodeid, fh_a, OWNER_A, 0, OFFSET_MAX, WR, PID_A)
@@ -122,13 +134,13 @@ def test_close_and_release_drop_the_locks(start_daemon, daemon_kind: str, share:
 
 @pytest.mark.parametrize("pool", [0, 2])
 def test_a_blocking_lock_waits_without_stalling_other_requests(
-    start_daemon, daemon_kind: str, share: Path, pool: int
+    locking_daemon, daemon_kind: str, share: Path, pool: int
 ) -> None:
     """SETLKW on a held lock: the only request thread keeps serving, the wait ends when the
     guest holder unlocks, when a host holder unlocks, or with EINTR on FUSE_INTERRUPT."""
     if daemon_kind == "rust":
         pytest.skip("the Rust daemon serves no locks (ENOSYS, checked in test_lock_requests)")
-    with start_daemon(share, "--thread-pool-size", str(pool)) as session:
+    with locking_daemon(share, "--thread-pool-size", str(pool)) as session:
         fuse = session.client
         nodeid, fh_a, fh_b = open_twice(fuse)
         fuse.setlk(nodeid, fh_a, OWNER_A, 0, 9, WR, PID_A)
@@ -162,11 +174,11 @@ def test_a_blocking_lock_waits_without_stalling_other_requests(
 
 
 def test_a_waiting_lock_does_not_keep_the_daemon_from_stopping(
-    start_daemon, daemon_kind: str, share: Path
+    locking_daemon, daemon_kind: str, share: Path
 ) -> None:
     if daemon_kind == "rust":
         pytest.skip("the Rust daemon serves no locks (ENOSYS, checked in test_lock_requests)")
-    with start_daemon(share) as session:
+    with locking_daemon(share) as session:
         fuse = session.client
         nodeid, fh_a, fh_b = open_twice(fuse)
         fuse.setlk(nodeid, fh_a, OWNER_A, 0, 0, WR, PID_A, flock=True)
@@ -177,8 +189,9 @@ def test_a_waiting_lock_does_not_keep_the_daemon_from_stopping(
 
 
 @pytest.mark.parametrize("options, posix, flock", [
-    ("no_posix_lock", False, True), ("no_flock", True, False),
+    ("no_posix_lock", False, False), ("no_flock", False, False),
     ("no_posix_lock,no_flock", False, False), ("posix_lock,flock", True, True),
+    ("posix_lock", True, False), ("flock", False, True),
 ])
 def test_o_options_switch_the_lock_kinds(start_daemon, daemon_kind: str, share: Path,
                                          options: str, posix: bool, flock: bool) -> None:
@@ -196,10 +209,10 @@ def test_o_options_switch_the_lock_kinds(start_daemon, daemon_kind: str, share: 
             assert fuse_error(fuse.setlk, nodeid, fh_a, OWNER_A, flock=True) == errno.ENOSYS
 
 
-def test_lock_requests_without_the_flag_in_init(start_daemon, daemon_kind: str,
+def test_lock_requests_without_the_flag_in_init(locking_daemon, daemon_kind: str,
                                                 share: Path) -> None:
     """A guest that did not offer POSIX_LOCKS keeps its locks: a stray request is ENOSYS."""
-    with start_daemon(share, init=False) as session:
+    with locking_daemon(share, init=False) as session:
         fuse = session.client
         fuse.init(InitFlag.ASYNC_READ | InitFlag.BIG_WRITES)
         assert not fuse.init_out.flags & (InitFlag.POSIX_LOCKS | InitFlag.FLOCK_LOCKS)

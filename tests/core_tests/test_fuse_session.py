@@ -18,8 +18,7 @@ DEFAULT = Config(shared_dir="/srv")
 #: What the daemon enables with the default configuration when the guest offers every bit.
 DEFAULT_ENABLED = (F.ASYNC_READ | F.ATOMIC_O_TRUNC | F.BIG_WRITES | F.AUTO_INVAL_DATA
                    | F.DO_READDIRPLUS | F.READDIRPLUS_AUTO | F.ASYNC_DIO | F.PARALLEL_DIROPS
-                   | F.MAX_PAGES | F.SUBMOUNTS | F.HAS_IOCTL_DIR | F.INIT_EXT
-                   | F.POSIX_LOCKS | F.FLOCK_LOCKS)
+                   | F.MAX_PAGES | F.SUBMOUNTS | F.HAS_IOCTL_DIR | F.INIT_EXT)
 
 
 def init_out(body: bytes) -> dict[str, int]:
@@ -94,10 +93,12 @@ def test_unsupported_features_stay_off_under_every_option(flag):
     (Config(shared_dir="/", allow_mmap=True), F.DIRECT_IO_ALLOW_MMAP, True),
     (DEFAULT, F.HANDLE_KILLPRIV_V2, False),
     (Config(shared_dir="/", killpriv_v2=True), F.HANDLE_KILLPRIV_V2, True),
-    (Config(shared_dir="/", posix_lock=False), F.POSIX_LOCKS, False),
-    (Config(shared_dir="/", posix_lock=False), F.FLOCK_LOCKS, True),
-    (Config(shared_dir="/", flock=False), F.FLOCK_LOCKS, False),
-    (Config(shared_dir="/", flock=False), F.POSIX_LOCKS, True),
+    (DEFAULT, F.POSIX_LOCKS, False),
+    (DEFAULT, F.FLOCK_LOCKS, False),
+    (Config(shared_dir="/", posix_lock=True), F.POSIX_LOCKS, True),
+    (Config(shared_dir="/", posix_lock=True), F.FLOCK_LOCKS, False),
+    (Config(shared_dir="/", flock=True), F.FLOCK_LOCKS, True),
+    (Config(shared_dir="/", flock=True), F.POSIX_LOCKS, False),
 ])
 def test_options_switch_features(config, flag, expected):
     session, _body = negotiate(7, 38, 0, EVERYTHING, EVERYTHING, config)
