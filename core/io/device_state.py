@@ -73,10 +73,10 @@ class DeviceStateTransfer:
     def _write_state(self, fd: int) -> None:
         try:
             data = self._save()
+            self._saved = True  # even if writing fails: the save may have let go of things
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            self._saved = True
             log.info("device state saved: %d bytes", len(data))
         except Exception as err:
             self._error = str(err)
