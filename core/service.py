@@ -206,5 +206,8 @@ def _device_state_transfer(pm: Any, router: FuseRouter) -> DeviceStateTransfer:
             raise RuntimeError("no plugin can load the file system state for migration")
         router.restore_session(session)
 
-    return DeviceStateTransfer(save, load)
+    def resumed() -> None:
+        pm.hook.virtiofsd_migration_resumed()
+
+    return DeviceStateTransfer(save, load, resumed)
 

@@ -219,14 +219,30 @@ class FuseRouter:
     def _defer(self, writable: Sequence[memoryview], unique: int, opcode: int,
                pending: Deferred) -> Deferred:
         """Answer later: a deferred byte count, resolved when ``pending`` is and its reply is
-        written."""
-        written = Deferred(cancel=pending.cancel)
+        written.
+
+        Cancelling the returned byte count is the ring stopping (a live migration's
+        switch-over); cancelling ``pending`` is the guest's FUSE_INTERRUPT.  Both end the wait
+        with EINTR, but a stopping ring's EINTR is answered ENOLCK: the Linux FUSE client turns
+        EINTR from a lock request into a syscall restart, which without a pending signal
+        reaches the program as errno 512 (ERESTARTSYS); ENOLCK reaches it as itself (the lock
+        was not granted)."""
+        ring_stopped = threading.Event()
+
+        def stop_waiting() -> None:
+            ring_stopped.set()
+            pending.cancel()
+
+        written = Deferred(cancel=stop_waiting)
 
         def answer(result: Any) -> None:
             with self._waiting_lock:
                 self._waiting.pop(unique, None)
             if isinstance(result, (FuseError, OSError)):
-                written.resolve(codec.write_error(writable, unique, result.errno or errno.EIO))
+                code = result.errno or errno.EIO
+                if code == errno.EINTR and ring_stopped.is_set():
+                    code = errno.ENOLCK
+                written.resolve(codec.write_error(writable, unique, code))
             elif isinstance(result, BaseException):
                 log.error("%s (unique %d) failed while waiting: %r", _opcode_name(opcode),
                           unique, result)

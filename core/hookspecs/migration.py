@@ -40,3 +40,11 @@ def virtiofsd_migration_load(data: bytes) -> Any:
         inode cannot be found again; the destination's CHECK_DEVICE_STATE fails and QEMU aborts
         the migration.
     """
+
+
+@hookspec
+def virtiofsd_migration_resumed() -> None:
+    """The rings start again on a daemon that saved its state: the migration failed and this
+    guest carries on here, so take back what the save let go of (the host locks, which the
+    source releases for the destination to take).  Called on the vhost-user thread before the
+    first ring starts serving."""

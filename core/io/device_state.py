@@ -8,6 +8,10 @@ the destination it reads to EOF and loads what it read.  CHECK_DEVICE_STATE come
 has seen our EOF (or sent its own) and joins that thread: :meth:`DeviceStateTransfer.check`
 reports whether saving or loading succeeded.  Failures are logged with their cause here, since
 the front-end only learns "failed".
+
+A ring that starts after a successful save means the migration failed and the guest carries
+on here (QEMU restarts the source's device): :meth:`DeviceStateTransfer.ring_starting` then calls
+``resumed`` once, so the file system takes back what the save let go of.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ class DeviceStateTransfer:
     """One connection's state transfers; ``save()`` returns the bytes, ``load(data)`` applies
     them (both run on the transfer thread while the device is stopped)."""
 
-    def __init__(self, save: Callable[[], bytes], load: Callable[[bytes], None]) -> None:
+    def __init__(self, save: Callable[[], bytes], load: Callable[[bytes], None],
+                 resumed: Callable[[], None] = lambda: None) -> None:
         self._save = save
         self._load = load
+        self._resumed = resumed
+        self._saved = False
         self._thread: threading.Thread | None = None
         self._error: str | None = None
 
@@ -55,9 +62,18 @@ class DeviceStateTransfer:
         self._thread = None
         return self._error is None
 
+    def ring_starting(self) -> None:
+        """A ring is about to start: after a save, the migration failed (see the module)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._saved:
+            self._saved = False
+            self._resumed()
+
     def _write_state(self, fd: int) -> None:
         try:
             data = self._save()
+            self._saved = True  # even if writing fails: the save may have let go of things
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

@@ -186,6 +186,9 @@ class DeviceStateHandler(Protocol):
     def check(self) -> bool:
         """Wait for the transfer to end; whether it succeeded."""
 
+    def ring_starting(self) -> None:
+        """A ring is about to start serving (after a save: the migration failed)."""
+
 
 class RingRunner(Protocol):
     """Runs the workers that consume started rings; see :mod:`virtiofsd.io.daemon`."""
@@ -570,6 +573,8 @@ class VhostUserBackend:
             )
         except GuestProtocolError as err:
             raise RequestRefused(f"ring {vring.index} cannot start: {err}") from err
+        if self._device_state is not None:
+            self._device_state.ring_starting()
         self._runner.start_ring(vring, queue, self.current_memory)
         vring.running = True
         logger.debug("ring %d started (size %d, base %d)", vring.index, vring.size, vring.base)

@@ -4,7 +4,7 @@ QEMU carries these bytes opaquely inside its migration stream (SET_DEVICE_STATE_
 all integers little-endian:
 
     header   magic  8 bytes  b"PYVFSDST"
-             version u32     (1)
+             version u32     (2; version 1 is read too)
              length  u32     bytes of the body that follows
     body     session         major u32, minor u32, flags u64, max_write u32,
                              max_readahead u32, max_pages u32
@@ -20,9 +20,17 @@ all integers little-endian:
                  (``bytes`` is a u32 length followed by that many bytes)
              handles u32 count, then per handle:
                  fh u64, nodeid u64, flags u32 (host open flags), offset u64
+             (version 2 and later)
+             posix_owners u32 count, then per (inode, guest lock owner):
+                 nodeid u64, owner u64, pid u32 (the guest pid GETLK reports),
+                 ranges u32 count, then per range: start u64, end u64 (inclusive; 2**63-1
+                 runs to the end of the file), type u16 (F_RDLCK 0, F_WRLCK 1)
+             flocks u32 count, then per handle holding a flock(2) lock:
+                 fh u64, nodeid u64, type u16 (F_RDLCK shared, F_WRLCK exclusive)
     trailer  crc32 u32 of the body
 
-A stream that does not start with the magic (the Rust virtiofsd's postcard stream, say), has
+Version 1 (before locks were carried) is the same without the two lock sections; it loads
+with no locks.  A stream that does not start with the magic (the Rust virtiofsd's postcard stream, say), has
 another version, is cut short, carries trailing bytes or fails its checksum is refused with a
 :class:`StateFormatError` naming the problem; the destination then fails CHECK_DEVICE_STATE and
 QEMU aborts the migration, leaving the source running.
@@ -36,7 +44,9 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"PYVFSDST"
-VERSION = 1
+VERSION = 2
+#: Versions :func:`decode` reads.
+READABLE_VERSIONS = (1, 2)
 
 _HEADER = struct.Struct("<8sII")
 _SESSION = struct.Struct("<IIQIII")
@@ -46,6 +56,9 @@ _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 _INODE = struct.Struct("<QQIB")
 _HANDLE = struct.Struct("<QQIQ")
+_POSIX_OWNER = struct.Struct("<QQII")
+_RANGE = struct.Struct("<QQH")
+_FLOCK = struct.Struct("<QQH")
 
 
 class StateFormatError(ValueError):
@@ -98,6 +111,26 @@ class HandleState:
     offset: int
 
 
+@dataclass(frozen=True)
+class PosixLockState:
+    """The POSIX record locks one guest lock owner holds on one inode: ``(start, end, type)``
+    ranges, disjoint and merged."""
+
+    nodeid: int
+    owner: int
+    pid: int
+    ranges: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class FlockState:
+    """The flock(2) lock one open handle holds (F_RDLCK shared, F_WRLCK exclusive)."""
+
+    fh: int
+    nodeid: int
+    lock_type: int
+
+
 @dataclass
 class DeviceState:
     session: SessionState
@@ -105,14 +138,19 @@ class DeviceState:
     next_fh: int
     inodes: list[InodeState] = field(default_factory=list)
     handles: list[HandleState] = field(default_factory=list)
+    posix_locks: list[PosixLockState] = field(default_factory=list)
+    flocks: list[FlockState] = field(default_factory=list)
+    #: The version the stream had (a version 1 stream carries no locks).
+    version: int = VERSION
 
 
 def _bytes(data: bytes) -> bytes:
     return _U32.pack(len(data)) + data
 
 
-def encode(state: DeviceState) -> bytes:
-    """The stream for ``state``."""
+def encode(state: DeviceState, version: int = VERSION) -> bytes:
+    """The stream for ``state``; ``version=1`` (for tests of old streams) leaves the locks
+    out."""
     s = state.session
     parts = [
         _SESSION.pack(s.major, s.minor, s.flags, s.max_write, s.max_readahead, s.max_pages),
@@ -136,8 +174,17 @@ def encode(state: DeviceState) -> bytes:
     parts.append(_U32.pack(len(state.handles)))
     for handle in state.handles:
         parts.append(_HANDLE.pack(handle.fh, handle.nodeid, handle.flags, handle.offset))
+    if version >= 2:
+        parts.append(_U32.pack(len(state.posix_locks)))
+        for owner in state.posix_locks:
+            parts.append(_POSIX_OWNER.pack(owner.nodeid, owner.owner, owner.pid,
+                                           len(owner.ranges)))
+            parts += [_RANGE.pack(start, end, kind) for start, end, kind in owner.ranges]
+        parts.append(_U32.pack(len(state.flocks)))
+        for flock in state.flocks:
+            parts.append(_FLOCK.pack(flock.fh, flock.nodeid, flock.lock_type))
     body = b"".join(parts)
-    return _HEADER.pack(MAGIC, VERSION, len(body)) + body + _U32.pack(zlib.crc32(body))
+    return _HEADER.pack(MAGIC, version, len(body)) + body + _U32.pack(zlib.crc32(body))
 
 
 class _Reader:
@@ -177,9 +224,9 @@ def decode(data: bytes) -> DeviceState:
         raise StateFormatError(
             f"not a pyvirtiofsd device state (starts with {bytes(magic)!r}, expected {MAGIC!r}); "
             "a stream from another virtiofsd implementation cannot be loaded")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise StateFormatError(f"device state version {version} is not supported (this daemon "
-                               f"reads version {VERSION})")
+                               f"reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     total = _HEADER.size + length + _U32.size
     if len(data) < total:
         raise StateFormatError(f"device state truncated: {len(data)} of {total} bytes")
@@ -193,7 +240,7 @@ def decode(data: bytes) -> DeviceState:
     session = SessionState(*reader.take(_SESSION, "the session"))
     (next_nodeid,) = reader.take(_U64, "the node id counter")
     (next_fh,) = reader.take(_U64, "the handle counter")
-    state = DeviceState(session, next_nodeid, next_fh)
+    state = DeviceState(session, next_nodeid, next_fh, version=version)
     (count,) = reader.take(_U32, "the inode count")
     for _ in range(count):
         nodeid, refcount, file_type, kind_value = reader.take(_INODE, "an inode")
@@ -221,6 +268,15 @@ def decode(data: bytes) -> DeviceState:
     (count,) = reader.take(_U32, "the handle count")
     for _ in range(count):
         state.handles.append(HandleState(*reader.take(_HANDLE, "an open handle")))
+    if version >= 2:
+        (count,) = reader.take(_U32, "the POSIX lock owner count")
+        for _ in range(count):
+            nodeid, owner, pid, ranges = reader.take(_POSIX_OWNER, "a POSIX lock owner")
+            state.posix_locks.append(PosixLockState(nodeid, owner, pid, tuple(
+                reader.take(_RANGE, "a POSIX lock range") for _ in range(ranges))))
+        (count,) = reader.take(_U32, "the flock count")
+        for _ in range(count):
+            state.flocks.append(FlockState(*reader.take(_FLOCK, "a flock")))
     if reader.pos != len(body):
         raise StateFormatError(f"device state body has {len(body) - reader.pos} unread bytes")
     return state

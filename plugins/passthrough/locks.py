@@ -39,6 +39,8 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from virtiofsd import hookimpl
@@ -61,6 +63,7 @@ _LAST_RETRY = 0.05
 _CONFLICT = (errno.EAGAIN, errno.EACCES)
 #: How many waiting owners a deadlock search follows (the kernel's MAX_DEADLK_ITERATIONS).
 _MAX_DEADLOCK_DEPTH = 10
+log = logging.getLogger(__name__)
 _POSIX_LOCKS = int(abi.InitFlag.POSIX_LOCKS)
 _FLOCK_LOCKS = int(abi.InitFlag.FLOCK_LOCKS)
 
@@ -77,6 +80,32 @@ def check_range(lock_type: int, start: int, end: int) -> None:
         raise FuseError(errno.EINVAL, f"lock type {lock_type}")
     if not 0 <= start <= end <= OFFSET_MAX:
         raise FuseError(errno.EINVAL, f"lock range {start}..{end}")
+
+
+def apply_range(held: list[tuple[int, int, int]], start: int, end: int,
+                lock_type: int) -> list[tuple[int, int, int]]:
+    """The ranges ``(start, end, type)`` one owner holds after it set ``lock_type`` (F_UNLCK
+    to unlock) over ``start``..``end``, as POSIX merges and splits them: the new range replaces
+    whatever it overlaps, and touching ranges of one type join (sans-IO, so the daemon knows
+    which locks it would hand over in a live migration without asking /proc)."""
+    kept: list[tuple[int, int, int]] = []
+    for low, high, kind in held:
+        if high < start or low > end:
+            kept.append((low, high, kind))
+            continue
+        if low < start:
+            kept.append((low, start - 1, kind))
+        if high > end:
+            kept.append((end + 1, high, kind))
+    if lock_type != fcntl.F_UNLCK:
+        kept.append((start, end, lock_type))
+    merged: list[tuple[int, int, int]] = []
+    for low, high, kind in sorted(kept):
+        if merged and merged[-1][2] == kind and merged[-1][1] + 1 >= low:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high), kind)
+        else:
+            merged.append((low, high, kind))
+    return merged
 
 
 def _holds(fd: int, lock_type: int, start: int, end: int, probes: int = 8) -> bool:
@@ -107,13 +136,45 @@ def _holds(fd: int, lock_type: int, start: int, end: int, probes: int = 8) -> bo
 
 
 class _Owner:
-    """One guest lock owner's host open of one inode, carrying its OFD locks."""
+    """One guest lock owner's host open of one inode, carrying its OFD locks; ``held`` lists
+    them as ``(start, end, type)`` (see :func:`apply_range`)."""
 
-    __slots__ = ("fd", "pid")
+    __slots__ = ("fd", "pid", "held")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.fd = fd
         self.pid = pid
+        self.held: list[tuple[int, int, int]] = []
+
+
+@dataclass(frozen=True)
+class HeldPosixLocks:
+    """What one guest lock owner holds on one inode (for live migration)."""
+
+    nodeid: int
+    owner: int
+    pid: int
+    ranges: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class HeldFlock:
+    """The flock lock of one open handle (for live migration)."""
+
+    fh: int
+    nodeid: int
+    lock_type: int
+
+
+def _as_os_error(err: OSError | FuseError) -> OSError:
+    if isinstance(err, OSError):
+        return err
+    return OSError(err.errno, str(err))
+
+
+def _log_lost(what: str, err: OSError) -> None:
+    log.error("migration failed and the guest carries on here, but its %s cannot be taken "
+              "back: %s; the owner's lock requests now get EIO", what, err)
 
 
 class _Wait:
@@ -148,6 +209,16 @@ class LockOps:
         self._waits: list[_Wait] = []
         self._waiter: threading.Thread | None = None
         self._closing = False
+        #: Handle -> (node id, F_RDLCK / F_WRLCK) of the flock lock it holds.
+        self._flocks: dict[int, tuple[int, int]] = {}
+        #: The source of a live migration let go of its host locks (see
+        #: :meth:`release_for_migration`).
+        self._released = False
+        #: Locks not taken again after a live migration (``--migration-on-error=guest-error``):
+        #: the POSIX owners (nodeid, owner) and the flock handles whose lock requests fail with
+        #: EIO until the guest closes the file (FLUSH, RELEASE).
+        self._lost_owners: set[tuple[int, int]] = set()
+        self._lost_flocks: set[int] = set()
 
     # --- Hooks ---------------------------------------------------------------------------------
 
@@ -160,6 +231,7 @@ class LockOps:
         check_range(lock_type, start, end)
         if lock_type == fcntl.F_UNLCK:
             raise FuseError(errno.EINVAL, "F_GETLK of F_UNLCK")
+        self._check_not_lost((nodeid, owner), None)
         query = flock_bytes(lock_type, start, end)
         with self._lock:
             own = self._owner(nodeid, owner, pid)
@@ -180,11 +252,11 @@ class LockOps:
         if lk_flags & abi.LK_FLOCK:
             if not req.session.flags & _FLOCK_LOCKS:
                 raise FuseError(errno.ENOSYS, "flock locks were not negotiated")
-            operation = _FLOCK_OPERATIONS[lock_type]
+            self._check_not_lost(None, fh)
             request = b""
 
             def attempt() -> bool:
-                return self._try_flock(handle.fd, operation)
+                return self._try_flock(fh, nodeid, handle.fd, lock_type)
 
             key = None
         else:
@@ -192,12 +264,13 @@ class LockOps:
                 raise FuseError(errno.ENOSYS, "POSIX locks were not negotiated")
             request = flock_bytes(lock_type, start, end)
             key = (nodeid, owner)
+            self._check_not_lost(key, None)
             if lock_type == fcntl.F_UNLCK:
-                self._unlock(key, request)
+                self._unlock(key, request, start, end)
                 return EMPTY
 
             def attempt() -> bool:
-                return self._try_posix(key, pid, request)
+                return self._try_posix(key, pid, request, (start, end, lock_type))
 
         if attempt():
             if lock_type == fcntl.F_UNLCK:
@@ -229,6 +302,9 @@ class LockOps:
         """The last close of an open file: its flock lock goes and its waits end; closing is
         left to the open-file operations (None)."""
         self._cancel_waits(lambda wait: wait.fh == fh)
+        with self._lock:
+            self._flocks.pop(fh, None)
+            self._lost_flocks.discard(fh)
         if release_flags & abi.RELEASE_FLOCK_UNLOCK:
             try:
                 fd = self._handles.get(fh, nodeid).fd
@@ -285,7 +361,8 @@ class LockOps:
         assert last is not None
         raise last
 
-    def _try_posix(self, key: tuple[int, int], pid: int, request: bytes) -> bool:
+    def _try_posix(self, key: tuple[int, int], pid: int, request: bytes,
+                   span: tuple[int, int, int]) -> bool:
         with self._lock:
             own = self._owner(key[0], key[1], pid)
             try:
@@ -294,14 +371,23 @@ class LockOps:
                 if exc.errno in _CONFLICT:
                     return False
                 raise
+            own.held = apply_range(own.held, *span)
         return True
 
-    def _unlock(self, key: tuple[int, int], request: bytes) -> None:
+    def _unlock(self, key: tuple[int, int], request: bytes, start: int, end: int) -> None:
         with self._lock:
             own = self._owners.get(key)
             if own is not None:
                 fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK, request)
+                own.held = apply_range(own.held, start, end, fcntl.F_UNLCK)
             self._changed.notify()
+
+    def _check_not_lost(self, key: tuple[int, int] | None, fh: int | None) -> None:
+        """:raises FuseError: EIO for an owner or handle whose lock a live migration lost."""
+        with self._lock:
+            if key in self._lost_owners or fh in self._lost_flocks:
+                raise FuseError(errno.EIO, "a lock held before the live migration was lost "
+                                "(--migration-on-error=guest-error); close the file")
 
     def _holder_pid(self, nodeid: int, asker: int, lock_type: int, start: int, end: int) -> int:
         """The guest pid of the owner holding the conflicting lock (``lock_type`` over
@@ -351,6 +437,7 @@ class LockOps:
 
     def _drop_owner(self, key: tuple[int, int]) -> None:
         with self._lock:
+            self._lost_owners.discard(key)
             own = self._owners.pop(key, None)
             if own is None:
                 return
@@ -360,16 +447,93 @@ class LockOps:
             os.close(own.fd)
             self._changed.notify()
 
+    # --- Live migration ------------------------------------------------------------------------
+
+    def held(self) -> tuple[list[HeldPosixLocks], list[HeldFlock]]:
+        """Every lock the guest holds: POSIX ranges per (inode, owner), flock per handle."""
+        with self._lock:
+            posix = [HeldPosixLocks(node, owner, own.pid, tuple(own.held))
+                     for (node, owner), own in self._owners.items() if own.held]
+            flocks = [HeldFlock(fh, node, kind) for fh, (node, kind) in self._flocks.items()]
+        return posix, flocks
+
+    def release_for_migration(self) -> None:
+        """The source, its state saved: let go of every host lock so that the destination
+        daemon, running at the same time, can take them.  The guest is stopped, so nothing
+        can use them in between; the records stay, for :meth:`retake_after_failed_migration`."""
+        with self._lock:
+            for own in self._owners.values():
+                if own.held:
+                    fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK,
+                                flock_bytes(fcntl.F_UNLCK, 0, OFFSET_MAX))
+            for fh, (node, _kind) in self._flocks.items():
+                fcntl.flock(self._handles.get(fh, node).fd, fcntl.LOCK_UN)
+            self._released = self._released or bool(self._owners or self._flocks)
+
+    def retake_after_failed_migration(self) -> None:
+        """The source's rings start again after a save: the migration failed and this guest
+        carries on, so take back what :meth:`release_for_migration` let go.  A lock someone
+        took in between is lost: logged, and its owner gets EIO as after a ``guest-error``
+        migration."""
+        if not self._released:
+            return
+        self._released = False
+        posix, flocks = self.held()
+        self.reset()
+        self.adopt(posix, flocks, _log_lost)
+
+    def adopt(self, posix: list[HeldPosixLocks], flocks: list[HeldFlock],
+              failed: Callable[[str, OSError], None]) -> None:
+        """The destination (or a source taking its locks back): take every lock a guest held,
+        without waiting.  ``failed(what, error)`` is told of each lock that cannot be taken; it
+        raises to give up (``--migration-on-error=abort``) or returns, and the owner's lock
+        requests on that file then fail with EIO until the guest closes it."""
+        for held in posix:
+            key = (held.nodeid, held.owner)
+            for start, end, kind in held.ranges:
+                try:
+                    check_range(kind, start, end)
+                    if held.nodeid not in self._inodes:
+                        raise OSError(errno.EBADF, "its file was not migrated")
+                    with self._lock:
+                        own = self._owner(held.nodeid, held.owner, held.pid)
+                        fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK, flock_bytes(kind, start, end))
+                        own.held = apply_range(own.held, start, end, kind)
+                except (OSError, FuseError) as err:
+                    failed(f"POSIX lock {start}..{end} of owner {held.owner:#x} (guest pid "
+                           f"{held.pid}) on node {held.nodeid}", _as_os_error(err))
+                    with self._lock:
+                        self._lost_owners.add(key)
+        for flock in flocks:
+            try:
+                if flock.lock_type not in _FLOCK_OPERATIONS:
+                    raise OSError(errno.EINVAL, f"lock type {flock.lock_type}")
+                handle = self._handles.get(flock.fh, flock.nodeid)
+                if not self._try_flock(flock.fh, flock.nodeid, handle.fd, flock.lock_type):
+                    raise OSError(errno.EAGAIN, "held by someone else")
+            except (OSError, FuseError) as err:
+                failed(f"flock of handle {flock.fh} on node {flock.nodeid}", _as_os_error(err))
+                with self._lock:
+                    self._lost_flocks.add(flock.fh)
+
+    def reset(self) -> None:
+        """Forget every lock and owner (closing their host opens) and end every wait."""
+        self._drop_all()
+
     # --- flock ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _try_flock(fd: int, operation: int) -> bool:
+    def _try_flock(self, fh: int, nodeid: int, fd: int, lock_type: int) -> bool:
         try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            fcntl.flock(fd, _FLOCK_OPERATIONS[lock_type] | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in _CONFLICT:
                 return False
             raise
+        with self._lock:
+            if lock_type == fcntl.F_UNLCK:
+                self._flocks.pop(fh, None)
+            else:
+                self._flocks[fh] = (nodeid, lock_type)
         return True
 
     # --- Waiting -------------------------------------------------------------------------------
@@ -392,6 +556,9 @@ class LockOps:
     def _drop_all(self) -> None:
         with self._lock:
             owners, self._owners = self._owners, {}
+            self._flocks.clear()
+            self._lost_owners.clear()
+            self._lost_flocks.clear()
             for wait in self._waits:
                 wait.cancelled = True
             for own in owners.values():

@@ -7,9 +7,22 @@ strategy) and every open handle (its host open flags and file position).  The de
 handle under the same number, and continues the id counters where the source left them, so
 the guest's node ids and handles stay valid.
 
+Locks travel too (format version 2): every POSIX record lock per (inode, guest lock owner) with
+its ranges, types and guest pid, and every flock per handle.  Both daemons run at once on the
+same host during the switch-over, and the source's OFD locks would keep the destination from
+taking them, so the source lets go of its host locks as soon as its state is encoded: its guest
+is stopped by then (the save comes after GET_VRING_BASE), and QEMU sends the bytes on only after
+reading them, so the destination always loads after that release.  The destination takes every
+lock again, without waiting, before it reports the load done.  Should the migration fail after
+all, the source's rings start again and it takes its locks back
+(``virtiofsd_migration_resumed``).
+
 An inode the destination cannot open again is handled per ``--migration-on-error``: ``abort``
 fails the load (QEMU aborts the migration and the source keeps running); ``guest-error`` leaves
-it out, so every later use by the guest gets EBADF, and so do its open handles.
+it out, so every later use by the guest gets EBADF, and so do its open handles.  The same
+goes for a lock held by someone else by the time the destination takes it: ``abort`` fails the
+load; ``guest-error`` loads without it, and that owner's lock requests on that file (for flock:
+that handle's) get EIO until the guest closes it.
 """
 
 from __future__ import annotations
@@ -21,9 +34,11 @@ import stat
 from typing import Any
 
 from virtiofsd import hookimpl
+from virtiofsd.fuse.abi import InitFlag
 from virtiofsd.fuse.session import FuseSession
 from virtiofsd_plugins.migration import format as state_format
 from virtiofsd_plugins.migration.strategies import check_same_inode, open_location
+from virtiofsd_plugins.passthrough.locks import HeldFlock, HeldPosixLocks, LockOps
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +46,18 @@ log = logging.getLogger(__name__)
 _ONE_TIME_FLAGS = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 
+_LOCK_FLAGS = int(InitFlag.POSIX_LOCKS | InitFlag.FLOCK_LOCKS)
+
+
 class MigrationError(Exception):
     """The destination cannot take over this state (``--migration-on-error=abort``)."""
 
 
 class MigrationOps:
-    def __init__(self, state: Any, strategy: Any) -> None:
+    def __init__(self, state: Any, strategy: Any, locks: LockOps) -> None:
         self._state = state
         self._strategy = strategy
+        self._locks = locks
         self._abort_on_error = state.config.migration_on_error != "guest-error"
 
     @hookimpl
@@ -63,26 +82,43 @@ class MigrationOps:
             flags = fcntl.fcntl(handle.fd, fcntl.F_GETFL)
             offset = os.lseek(handle.fd, 0, os.SEEK_CUR)
             saved.handles.append(state_format.HandleState(handle.fh, handle.nodeid, flags, offset))
-        log.info("migration: saved %d inodes (%d not locatable) and %d open handles (%s)",
-                 len(saved.inodes), invalid, len(saved.handles), self._strategy.name)
-        return state_format.encode(saved)
+        posix, flocks = self._locks.held()
+        saved.posix_locks = [state_format.PosixLockState(held.nodeid, held.owner, held.pid,
+                                                         held.ranges) for held in posix]
+        saved.flocks = [state_format.FlockState(held.fh, held.nodeid, held.lock_type)
+                        for held in flocks]
+        data = state_format.encode(saved)
+        self._locks.release_for_migration()
+        log.info("migration: saved %d inodes (%d not locatable), %d open handles, the POSIX "
+                 "locks of %d owners and %d flocks (%s)", len(saved.inodes), invalid,
+                 len(saved.handles), len(saved.posix_locks), len(saved.flocks),
+                 self._strategy.name)
+        return data
+
+    @hookimpl
+    def virtiofsd_migration_resumed(self) -> None:
+        self._locks.retake_after_failed_migration()
 
     @hookimpl
     def virtiofsd_migration_load(self, data: bytes) -> FuseSession:
         loaded = state_format.decode(data)
         state = self._state
         state.reset()
+        self._locks.reset()
         try:
             self._restore_inodes(loaded)
             self._restore_handles(loaded)
+            self._restore_locks(loaded)
         except BaseException:
+            self._locks.reset()
             state.reset()
             raise
         state.inodes.continue_ids_from(loaded.next_nodeid)
         state.handles.continue_ids_from(loaded.next_fh)
         s = loaded.session
-        log.info("migration: restored %d inodes and %d open handles", len(state.inodes),
-                 len(state.handles))
+        log.info("migration: restored %d inodes, %d open handles, the POSIX locks of %d owners "
+                 "and %d flocks", len(state.inodes), len(state.handles),
+                 len(loaded.posix_locks), len(loaded.flocks))
         return FuseSession(s.major, s.minor, s.flags, s.max_write, s.max_readahead, s.max_pages,
                            initialized=s.major != 0)
 
@@ -134,3 +170,13 @@ class MigrationOps:
                 continue
             state.handles.adopt(saved.fh, saved.nodeid, fd)
 
+
+    def _restore_locks(self, loaded: state_format.DeviceState) -> None:
+        if loaded.version < 2 and loaded.session.flags & _LOCK_FLAGS:
+            log.warning("migration: a version %d device state carries no locks; locks the "
+                        "guest held on the source are not held here", loaded.version)
+        self._locks.adopt(
+            [HeldPosixLocks(held.nodeid, held.owner, held.pid, held.ranges)
+             for held in loaded.posix_locks],
+            [HeldFlock(held.fh, held.nodeid, held.lock_type) for held in loaded.flocks],
+            lambda what, err: self._failed(f"the {what} cannot be taken again", err))

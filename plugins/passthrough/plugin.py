@@ -48,7 +48,8 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
     pm.register(EntryOps(state), name="passthrough.entry_ops")
     pm.register(DirOps(state), name="passthrough.dir_ops")
     pm.register(FileOps(state), name="passthrough.file_ops")
-    pm.register(LockOps(state), name="passthrough.locks")
+    locks = LockOps(state)
+    pm.register(locks, name="passthrough.locks")
     if config.xattr:
         pm.register(XattrOps(state, pm.hook.virtiofsd_xattr_to_guest, config.posix_acl),
                     name="passthrough.xattrs")
@@ -57,7 +58,7 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
             pm.register(CapabilityGuard(state, capability), name="passthrough.capability_guard")
     strategy = pm.hook.virtiofsd_make_migration(config=config)
     if strategy is not None:
-        pm.register(MigrationOps(state, strategy), name="passthrough.migration_ops")
+        pm.register(MigrationOps(state, strategy, locks), name="passthrough.migration_ops")
 
 
 def _remapped_capability_name(state: PassthroughState) -> bytes | None:

@@ -10,9 +10,11 @@ The Rust daemon is not run here: its device state is a postcard stream this daem
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import pathlib
+import struct
 
 import pytest
 from virtiofsd.fuse.abi import ROOT_ID
@@ -243,4 +245,133 @@ def test_dirty_log_marks_reply_pages_and_the_used_ring_only_while_log_all_is_on(
         assert data_gpa // 4096 in pages
         assert frontend.queues[1].used_gpa // 4096 in pages
         frontend.set_features(BASE_FEATURES)
+        client.close()
+
+
+# --- Locks travel with the guest (state format version 2) -------------------------------------
+
+RD, WR, UN = 0, 1, 2
+EOF_END = (1 << 63) - 1
+WRITER, READER = 0xA11CE, 0xB0B
+
+
+def host_lock_conflict(path: pathlib.Path, lock_type: int, start: int = 0,
+                       length: int = 0) -> tuple[int, int, int] | None:
+    """What a host process's F_OFD_GETLK finds held against ``lock_type`` over the range:
+    (type, start, length) of the lock, or None."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        query = struct.pack("hhqqi4x", lock_type, os.SEEK_SET, start, length, 0)
+        found = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))
+        return None if found[0] == fcntl.F_UNLCK else (found[0], found[2], found[3])
+    finally:
+        os.close(fd)
+
+
+def host_can_flock(path: pathlib.Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def take_locks(client: FuseClient) -> dict[str, int]:
+    """A guest process (owner WRITER, pid 4242) write-locks bytes 0..9 and read-locks 20..EOF
+    of d/f; another open of it holds an exclusive flock."""
+    held = hold_files(client)
+    held["flock_fh"] = client.open(held["f"], os.O_RDONLY).fh
+    client.setlk(held["f"], held["f_fh"], WRITER, 0, 9, WR, pid=4242)
+    client.setlk(held["f"], held["f_fh"], WRITER, 20, EOF_END, RD, pid=4242)
+    client.setlk(held["f"], held["flock_fh"], 0, lock_type=WR, flock=True)
+    return held
+
+
+def test_held_locks_move_to_the_destination(ours, share):
+    """The source lets go of its host locks once saved; the destination holds them, as a host
+    process sees, reports the holder's guest pid, and lets the guest unlock them."""
+    path = share / "d" / "f"
+    with ours(share) as source, ours(share) as destination:
+        client = source.connect()
+        held = take_locks(client)
+        assert host_lock_conflict(path, WR, 0, 10) == (WR, 0, 10)
+        data = save(client)
+        assert host_lock_conflict(path, WR) is None and host_can_flock(path)
+        moved, frontend = load(destination.socket_path, data)
+        try:
+            assert moved is not None, destination.log_text()
+            assert host_lock_conflict(path, WR, 0, 10) == (WR, 0, 10)
+            assert host_lock_conflict(path, RD, 20, 0) is None
+            assert host_lock_conflict(path, WR, 20, 0) == (RD, 20, 0)
+            assert not host_can_flock(path)
+            other = moved.getlk(held["f"], held["f_fh"], READER, 0, 5, WR)
+            assert (other.lock_type, other.start, other.end, other.pid) == (WR, 0, 9, 4242)
+            moved.setlk(held["f"], held["f_fh"], WRITER, 0, EOF_END, UN)
+            moved.setlk(held["f"], held["flock_fh"], 0, lock_type=UN, flock=True)
+            assert host_lock_conflict(path, WR) is None and host_can_flock(path)
+        finally:
+            frontend.close()
+        client.close()
+
+
+@pytest.mark.parametrize("on_error", ["abort", "guest-error"])
+def test_a_lock_taken_on_the_host_during_the_switch_over(ours, share, on_error):
+    """A host process takes the range and the flock between the source's release and the
+    destination's load.  ``abort``: the load fails, and the source, whose rings start again,
+    takes its locks back once the host lets go.  ``guest-error``: the destination runs without
+    them, and the owner's lock requests on the file get EIO until it closes it (FLUSH; for the
+    flock, RELEASE); other owners are served."""
+    path = share / "d" / "f"
+    with ours(share) as source, ours(share, "--migration-on-error", on_error) as destination:
+        client = source.connect()
+        held = take_locks(client)
+        data = save(client)
+        host_fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.fcntl(host_fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", WR, 0, 5, 1, 0))
+            fcntl.flock(host_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            moved, frontend = load(destination.socket_path, data)
+            if on_error == "abort":
+                frontend.close()
+                assert moved is None
+                assert "cannot be taken again" in destination.log_text()
+                os.close(host_fd)
+                host_fd = -1
+                for index in (0, 1):
+                    client.frontend.setup_queue(index, 128)
+                    client.frontend.set_vring_enable(index, True)
+                resumed = FuseClient(client.frontend)
+                assert host_lock_conflict(path, WR, 0, 10) == (WR, 0, 10)
+                assert not host_can_flock(path)
+                assert resumed.read(held["f"], held["f_fh"], 0, 6) == b"before"
+                resumed.setlk(held["f"], held["f_fh"], WRITER, 0, EOF_END, UN)
+                assert host_lock_conflict(path, WR, 0, 10) is None
+                return
+            try:
+                assert moved is not None, destination.log_text()
+                for call in (lambda: moved.setlk(held["f"], held["f_fh"], WRITER, 0, 9, UN),
+                             lambda: moved.getlk(held["f"], held["f_fh"], WRITER, 0, 9, WR),
+                             lambda: moved.setlk(held["f"], held["flock_fh"], 0, lock_type=UN,
+                                                 flock=True)):
+                    with pytest.raises(OSError) as failure:
+                        call()
+                    assert failure.value.errno == errno.EIO
+                with pytest.raises(OSError) as failure:
+                    moved.setlk(held["f"], held["f_fh"], READER, 5, 5, WR)
+                assert failure.value.errno == errno.EAGAIN
+                assert moved.read(held["f"], held["f_fh"], 0, 6) == b"before"
+                moved.flush(held["f"], held["f_fh"], WRITER)
+                moved.release(held["f"], held["flock_fh"])
+                os.close(host_fd)
+                host_fd = -1
+                moved.setlk(held["f"], held["f_fh"], WRITER, 0, 9, WR, pid=4242)
+                assert host_lock_conflict(path, WR, 0, 10) == (WR, 0, 10)
+            finally:
+                frontend.close()
+        finally:
+            if host_fd >= 0:
+                os.close(host_fd)
         client.close()

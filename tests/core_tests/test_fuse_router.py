@@ -551,6 +551,15 @@ def test_interrupt_cancels_the_waiting_request_with_eintr(waiting):
     assert _reply_of(deferred, writable) == (16, errno.EINTR)
 
 
+def test_a_stopping_ring_ends_the_wait_with_enolck(waiting):
+    """The queue worker cancels the router's deferred byte count when its ring stops (a live
+    migration's switch-over): not EINTR, which a Linux guest turns into errno 512."""
+    guest, _plugin = waiting
+    deferred, writable, _unique = guest.send(Op.SETLKW, LK)
+    deferred.cancel()
+    assert _reply_of(deferred, writable) == (16, errno.ENOLCK)
+
+
 def test_an_interrupt_overtaking_its_request_still_cancels_it(waiting):
     guest, _plugin = waiting
     next_unique = next(guest.uniques)

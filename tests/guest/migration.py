@@ -9,10 +9,12 @@ on the destination resumes the source instead of leaving it paused).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import pathlib
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -122,11 +124,41 @@ def prepare_share(shared: pathlib.Path) -> str:
     data = os.urandom(DATA_BYTES)
     (held / "data.bin").write_bytes(data)
     (held / "removed_by_host.txt").write_bytes(b"removed content\n")
+    (held / "locked.bin").write_bytes(bytes(100))
     for d in range(TREE_DIRS):
         (shared / "tree" / f"d{d}").mkdir(parents=True)
         for f in range(TREE_FILES):
             (shared / "tree" / f"d{d}" / f"f{f}").write_bytes(b"x" * f)
     return hashlib.sha256(data).hexdigest()
+
+
+def host_sees_locks(path: pathlib.Path) -> str:
+    """What a host process meets on ``path``: "posix" for a write lock over bytes 0..99 (the
+    guest lock holder's), "flock" for an exclusive flock, joined by "+", or "none"."""
+    held = []
+    fd = os.open(path, os.O_RDWR)
+    try:
+        query = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 0, 100, 0)
+        found = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))
+        if found[0] == fcntl.F_WRLCK and (found[2], found[3]) == (0, 100):
+            held.append("posix")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append("flock")
+    finally:
+        os.close(fd)
+    return "+".join(held) or "none"
+
+
+def wait_for_host_locks(path: pathlib.Path, expected: str, timeout: float = 5.0) -> str:
+    """:func:`host_sees_locks` once it says ``expected``, or what it says at the deadline (a
+    source whose migration failed takes its locks back when QEMU restarts its rings, a moment
+    after QMP reports the failure)."""
+    deadline = time.monotonic() + timeout
+    while (seen := host_sees_locks(path)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return seen
 
 
 @dataclasses.dataclass

@@ -22,6 +22,11 @@ def sample() -> fmt.DeviceState:
                        fmt.Location(fmt.LocationKind.INVALID, reason="unlinked: gone ✗")),
     ]
     state.handles += [fmt.HandleState(3, 2, 0o2, 4096), fmt.HandleState(16, 3, 0o200000, 0)]
+    state.posix_locks += [
+        fmt.PosixLockState(2, 0xDEADBEEF_00000001, 1234, ((0, 9, 0), (20, (1 << 63) - 1, 1))),
+        fmt.PosixLockState(4, 7, 0, ()),
+    ]
+    state.flocks += [fmt.FlockState(3, 2, 1), fmt.FlockState(16, 3, 0)]
     return state
 
 
@@ -47,10 +52,43 @@ def test_a_foreign_stream_is_refused_by_its_magic():
         fmt.decode(b"\x01\x05" + bytes(64))
 
 
-def test_a_newer_version_is_refused():
+def test_a_state_with_locks_is_version_2():
+    assert fmt.encode(sample())[8:12] == (2).to_bytes(4, "little")
+
+
+def test_a_version_1_stream_loads_without_locks():
+    """What a daemon from before the locks travelled sends: the same body, no lock sections."""
+    old = fmt.encode(sample(), version=1)
+    assert old[8:12] == (1).to_bytes(4, "little")
+    loaded = fmt.decode(old)
+    expected = sample()
+    expected.posix_locks, expected.flocks, expected.version = [], [], 1
+    assert loaded == expected
+
+
+def test_a_version_1_stream_padded_with_lock_sections_is_refused():
+    """A version 2 body labelled version 1 has bytes the old layout does not explain."""
     data = bytearray(fmt.encode(sample()))
-    data[8] = 2
-    with pytest.raises(fmt.StateFormatError, match="version 2 is not supported"):
+    data[8] = 1
+    with pytest.raises(fmt.StateFormatError, match="unread bytes"):
+        fmt.decode(bytes(data))
+
+
+@pytest.mark.parametrize("cut", [-3, -8, -20])
+def test_a_stream_cut_in_its_locks_is_refused(cut):
+    data = fmt.encode(sample())
+    body = data[16:-4][:cut]
+    cut_stream = data[:12] + len(body).to_bytes(4, "little") + body
+    with pytest.raises(fmt.StateFormatError, match="truncated in .*(lock|flock)"):
+        fmt.decode(cut_stream + zlib.crc32(body).to_bytes(4, "little"))
+
+
+@pytest.mark.parametrize("version", [0, 3])
+def test_an_unknown_version_is_refused(version):
+    data = bytearray(fmt.encode(sample()))
+    data[8] = version
+    with pytest.raises(fmt.StateFormatError,
+                       match=f"version {version} is not supported .*versions 1, 2"):
         fmt.decode(bytes(data))
 
 

@@ -15,6 +15,7 @@ from virtiofsd.deferred import Deferred
 from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY
+from virtiofsd_plugins.passthrough.locks import OFFSET_MAX, apply_range
 
 RD, WR, UN = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
 END = (1 << 63) - 1
@@ -174,3 +175,18 @@ def test_a_wait_that_closes_a_cycle_is_edeadlk(locking, shared: Path):
     assert outcome(waiting) == EMPTY
     third.cancel()
     assert_eintr(third)
+
+
+@pytest.mark.parametrize("held, change, expected", [
+    ([], (0, 9, 1), [(0, 9, 1)]),
+    ([(0, 9, 1)], (10, 19, 1), [(0, 19, 1)]),
+    ([(0, 9, 1)], (10, 19, 0), [(0, 9, 1), (10, 19, 0)]),
+    ([(0, 99, 1)], (40, 59, 0), [(0, 39, 1), (40, 59, 0), (60, 99, 1)]),
+    ([(0, 99, 1)], (40, 59, 2), [(0, 39, 1), (60, 99, 1)]),
+    ([(0, 9, 0), (20, 29, 0)], (5, 24, 0), [(0, 29, 0)]),
+    ([(0, 9, 1)], (0, OFFSET_MAX, 2), []),
+    ([(100, OFFSET_MAX, 0)], (0, 99, 0), [(0, OFFSET_MAX, 0)]),
+])
+def test_the_recorded_ranges_merge_and_split_as_posix_locks_do(held, change, expected):
+    """What a migration hands over is what the owner holds: types 0 read, 1 write, 2 unlock."""
+    assert apply_range(held, *change) == expected

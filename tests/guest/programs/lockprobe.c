@@ -4,6 +4,13 @@
  *
  * usage: lockprobe DIR   (DIR holds host-locked (a host process holds a write lock on all of
  * it) and host-flocked (a host process holds flock LOCK_EX on it)).
+ *        lockprobe hold FILE UNTIL   (tests/guest/test_migration.py: write-lock bytes 0..99 of
+ * FILE and flock it LOCK_EX through a second open, say "VALUE locks_taken", wait until UNTIL
+ * exists (the live migration is over), then move the POSIX lock (unlock 50..99, lock it again)
+ * and convert the flock, through whichever daemon now serves the share, and exit: the exit
+ * releases both.  Meanwhile a child waits in F_SETLKW for bytes 200..299, which the host holds
+ * until the migration is over, and says how that wait ended: "VALUE setlkw_across ok" or
+ * "... errno N".)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -88,10 +95,47 @@ static int flock_child_blocked(void)
     return errno == EWOULDBLOCK ? 0 : 2;
 }
 
+static int hold(const char *file, const char *until)
+{
+    char detail[256];
+    int fd = open(file, O_RDWR);
+    int flocked = open(file, O_RDONLY);
+    if (fd < 0 || flocked < 0 || lock(fd, F_SETLK, F_WRLCK, 0, 100) != 0
+        || flock(flocked, LOCK_EX | LOCK_NB) != 0) {
+        result("locks_taken", 0, strerror(errno));
+        return 1;
+    }
+    pid_t waiter = fork();
+    if (waiter == 0) {
+        alarm(120);
+        int wfd = open(file, O_RDWR);
+        if (lock(wfd, F_SETLKW, F_WRLCK, 200, 100) == 0)
+            printf("VALUE setlkw_across ok\n");
+        else
+            printf("VALUE setlkw_across errno %d\n", errno);
+        fflush(stdout);
+        _exit(0);
+    }
+    printf("VALUE locks_taken 1\n");
+    fflush(stdout);
+    while (access(until, F_OK) != 0)
+        usleep(100000);
+    int ok = lock(fd, F_SETLK, F_UNLCK, 50, 50) == 0 && lock(fd, F_SETLK, F_WRLCK, 50, 50) == 0;
+    snprintf(detail, sizeof detail, "fcntl: %s", strerror(errno));
+    result("lock_owner_carries_on", ok, detail);
+    ok = flock(flocked, LOCK_SH | LOCK_NB) == 0 && flock(flocked, LOCK_EX | LOCK_NB) == 0;
+    snprintf(detail, sizeof detail, "flock: %s", strerror(errno));
+    result("flock_carries_on", ok, detail);
+    waitpid(waiter, NULL, 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     char detail[256];
     int rc;
+    if (argc == 4 && strcmp(argv[1], "hold") == 0)
+        return hold(argv[2], argv[3]);
     if (argc != 2) {
         fprintf(stderr, "usage: lockprobe DIR\n");
         return 2;
