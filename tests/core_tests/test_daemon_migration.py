@@ -294,7 +294,8 @@ def test_held_locks_move_to_the_destination(ours, share):
     """The source lets go of its host locks once saved; the destination holds them, as a host
     process sees, reports the holder's guest pid, and lets the guest unlock them."""
     path = share / "d" / "f"
-    with ours(share) as source, ours(share) as destination:
+    locks = ("-o", "posix_lock,flock")
+    with ours(share, *locks) as source, ours(share, *locks) as destination:
         client = source.connect()
         held = take_locks(client)
         assert host_lock_conflict(path, WR, 0, 10) == (WR, 0, 10)
@@ -325,7 +326,9 @@ def test_a_lock_taken_on_the_host_during_the_switch_over(ours, share, on_error):
     them, and the owner's lock requests on the file get EIO until it closes it (FLUSH; for the
     flock, RELEASE); other owners are served."""
     path = share / "d" / "f"
-    with ours(share) as source, ours(share, "--migration-on-error", on_error) as destination:
+    locks = ("-o", "posix_lock,flock")
+    with ours(share, *locks) as source, \
+            ours(share, *locks, "--migration-on-error", on_error) as destination:
         client = source.connect()
         held = take_locks(client)
         data = save(client)

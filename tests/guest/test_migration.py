@@ -140,9 +140,14 @@ def qemu10() -> str:
     return qemu
 
 
+#: Host locks are off by default; these migrations carry the guest's locks, so both sides hold
+#: them on the host.
+HOST_LOCKS = ["-o", "posix_lock,flock"]
+
+
 def test_find_paths_guest_error_carries_on_and_fails_only_the_lost_inodes(qemu10, tmp_path):
-    m = run_migration("ours", "ours", ["--migration-mode", "find-paths"],
-                      ["--migration-on-error", "guest-error"], tmp_path, qemu10)
+    m = run_migration("ours", "ours", [*HOST_LOCKS, "--migration-mode", "find-paths"],
+                      [*HOST_LOCKS, "--migration-on-error", "guest-error"], tmp_path, qemu10)
     assert m.status == "completed", m.destination_log[-3000:]
     assert_guest_carried_on(m)
     assert m.locks_after == "posix+flock", m.destination_log[-3000:]
@@ -154,7 +159,7 @@ def test_find_paths_guest_error_carries_on_and_fails_only_the_lost_inodes(qemu10
 
 def test_file_handles_keep_unlinked_and_removed_files_there_and_back(qemu10, tmp_path):
     """Two hops (there and back, each to a fresh QEMU and daemon) with requests in flight."""
-    mode = ["--migration-mode", "file-handles"]
+    mode = [*HOST_LOCKS, "--migration-mode", "file-handles"]
     m = run_migration("ours", "ours", mode, [*mode, "--migration-on-error", "abort"], tmp_path,
                       qemu10, hops=2)
     assert m.status == "completed", m.destination_log[-3000:]
@@ -165,8 +170,8 @@ def test_file_handles_keep_unlinked_and_removed_files_there_and_back(qemu10, tmp
 
 
 def test_find_paths_abort_fails_the_migration_and_the_source_carries_on(qemu10, tmp_path):
-    m = run_migration("ours", "ours", ["--migration-mode", "find-paths"],
-                      ["--migration-on-error", "abort"], tmp_path, qemu10)
+    m = run_migration("ours", "ours", [*HOST_LOCKS, "--migration-mode", "find-paths"],
+                      [*HOST_LOCKS, "--migration-on-error", "abort"], tmp_path, qemu10)
     assert m.status == "failed"
     assert "--migration-on-error=abort" in m.destination_log
     assert_guest_carried_on(m)
