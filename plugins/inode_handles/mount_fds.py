@@ -20,11 +20,11 @@ import os
 import stat
 import threading
 
+from virtiofsd.sandbox import read_mountinfo
 from virtiofsd.sys import ffi
 
 log = logging.getLogger(__name__)
 
-MOUNTINFO = "/proc/self/mountinfo"
 _STATX_FLAGS = ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW
 
 
@@ -58,13 +58,11 @@ def mount_points(mountinfo: str) -> dict[int, str]:
 class MountFds:
     """Mount id -> a read-only descriptor on that mount; thread-safe, filled lazily."""
 
-    def __init__(self, mountinfo_path: str = MOUNTINFO) -> None:
-        try:
-            self._mountinfo: int | None = os.open(mountinfo_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.debug("cannot open %s (%s): mount fds come from the inodes themselves",
-                      mountinfo_path, exc)
-            self._mountinfo = None
+    def __init__(self, mountinfo_path: str | None = None) -> None:
+        """``mountinfo_path`` ``None``: this process's mountinfo, read through the sandbox's
+        descriptor (:func:`virtiofsd.sandbox.read_mountinfo`: the path no longer exists inside
+        the namespace sandbox); a path (tests): that file."""
+        self._mountinfo_path = mountinfo_path
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -98,23 +96,23 @@ class MountFds:
         return _open_checked(".", path_fd, mnt_id)
 
     def _mount_points(self) -> dict[int, str]:
-        if self._mountinfo is None:
+        try:
+            if self._mountinfo_path is None:
+                text = read_mountinfo()
+            else:
+                with open(self._mountinfo_path, "rb") as stream:
+                    text = stream.read()
+        except OSError as exc:
+            log.debug("cannot read the mountinfo (%s): mount fds come from the inodes themselves",
+                      exc)
             return {}
-        chunks = []
-        offset = 0
-        while chunk := os.pread(self._mountinfo, 65536, offset):
-            chunks.append(chunk)
-            offset += len(chunk)
-        return mount_points(b"".join(chunks).decode("utf-8", "surrogateescape"))
+        return mount_points(text.decode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds = {}
-            if self._mountinfo is not None:
-                os.close(self._mountinfo)
-                self._mountinfo = None
 
     def __len__(self) -> int:
         return len(self._fds)

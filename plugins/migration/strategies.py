@@ -29,7 +29,9 @@ import stat
 from collections.abc import Iterable
 from typing import Any
 
+from virtiofsd.sandbox import read_mountinfo
 from virtiofsd.sys import ffi
+from virtiofsd_plugins.inode_handles.mount_fds import mount_points as parse_mount_points
 from virtiofsd_plugins.migration.format import Location, LocationKind
 
 log = logging.getLogger(__name__)
@@ -38,27 +40,10 @@ _DELETED_SUFFIX = b" (deleted)"
 
 
 def mount_points() -> dict[int, bytes]:
-    """Mount id -> mount point, from /proc/self/mountinfo (octal escapes decoded)."""
-    points: dict[int, bytes] = {}
-    with open("/proc/self/mountinfo", "rb") as info:
-        for line in info:
-            fields = line.split()
-            if len(fields) > 4:
-                points[int(fields[0])] = _unescape(fields[4])
-    return points
-
-
-def _unescape(field: bytes) -> bytes:
-    out = bytearray()
-    i = 0
-    while i < len(field):
-        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit():
-            out.append(int(field[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return bytes(out)
+    """Mount id -> mount point, from this process's mountinfo (octal escapes decoded; read
+    through the sandbox's descriptor, since the path is gone inside the namespace sandbox)."""
+    text = read_mountinfo().decode("utf-8", "surrogateescape")
+    return {mount_id: os.fsencode(point) for mount_id, point in parse_mount_points(text).items()}
 
 
 class MigrationStrategy(abc.ABC):
