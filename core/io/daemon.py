@@ -67,6 +67,7 @@ from virtiofsd.vhost_user.backend import DeviceStateHandler, VhostUserBackend, V
 from virtiofsd.virtio.chain import DescriptorChain, InvalidChainError
 from virtiofsd.virtio.device import ChainHandler
 from virtiofsd.virtio.memory import GuestMemory
+from virtiofsd.virtio.native_queue import WOKEN, NativeSplitQueue
 from virtiofsd.virtio.split_queue import SplitQueue, ring_layout_sizes
 
 __all__ = ["AUTO_POOL", "BIG_REQUEST_BYTES", "QueueWorker", "auto_pool_size", "serve_connection"]
@@ -143,6 +144,10 @@ class QueueWorker:
         self._thread.start()
 
     def wake(self) -> None:
+        """Make the worker look again (stop, ring enabled, new memory table, resolved reply)
+        before it walks another chain."""
+        if isinstance(self._queue, NativeSplitQueue):
+            self._queue.interrupt()
         os.eventfd_write(self._wake_fd, 1)
 
     def stop(self) -> None:
@@ -177,6 +182,12 @@ class QueueWorker:
             self._vring.base = self._queue.last_avail
 
     def _serve(self) -> None:
+        if isinstance(self._queue, NativeSplitQueue):
+            self._serve_native()
+        else:
+            self._serve_python()
+
+    def _serve_python(self) -> None:
         kick_fd = self._vring.kick_fd
         poller = select.poll()
         poller.register(kick_fd, select.POLLIN)
@@ -186,34 +197,92 @@ class QueueWorker:
         # Chains published before the ring started get no kick of their own.
         process()
         while not self._stopping:
-            for fd, events in poll():
-                if events & _POLL_FAILURE:
-                    logger.error("ring %d: poll reports an error on fd %d (events %#x); "
-                                 "the ring is no longer served", self._vring.index, fd, events)
-                    return
-                _consume_eventfd(fd)
+            if not self._wait(poll):
+                return
             if self._stopping:
                 return
             process()
 
-    def _process(self) -> None:
+    def _wait(self, poll: Callable[[], list[tuple[int, int]]]) -> bool:
+        """Sleep until the kick or the wake eventfd fires and reset them; False if poll reports
+        an error (logged: the ring is no longer served)."""
+        for fd, events in poll():
+            if events & _POLL_FAILURE:
+                logger.error("ring %d: poll reports an error on fd %d (events %#x); "
+                             "the ring is no longer served", self._vring.index, fd, events)
+                return False
+            _consume_eventfd(fd)
+        return True
+
+    def _serve_native(self) -> None:
+        """The compiled loop: :meth:`NativeSplitQueue.next_chain` waits, drains and decides
+        notifications in C; this loop only handles what needs Python (a chain to serve, the
+        call eventfd under its lock, a wake-up: stop, a new memory table, a disabled ring,
+        deferred completions)."""
         queue = self._queue
-        memory = self._memory()
+        assert isinstance(queue, NativeSplitQueue)
+        next_chain = queue.next_chain
+        vring = self._vring
+        kick_fd = vring.kick_fd
+        wake_fd = self._wake_fd
+        memory = self._memory
+        dispatch = self._dispatch
+        inline = self._pool is None
+        poller = select.poll()
+        poller.register(kick_fd, select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
+        while not self._stopping:
+            current = memory()
+            if current is not queue.memory or not vring.enabled or self._resolved:
+                if not self._prepare(current):
+                    if not self._wait(poller.poll):
+                        return
+                    continue
+            try:
+                got = next_chain(kick_fd, wake_fd, inline)
+            except InvalidChainError as err:
+                self._complete_invalid(err)
+                continue
+            except GuestProtocolError as err:
+                self._guest_errors.error("ring %d: %s; waiting for the next kick", self._index,
+                                         str(err))
+                if not self._wait(poller.poll):
+                    return
+                continue
+            except OSError as err:
+                logger.error("ring %d: %s; the ring is no longer served", self._index,
+                             err.strerror)
+                return
+            if type(got) is int:
+                if got != WOKEN:
+                    vring.signal_call()
+                continue
+            dispatch(got)
+
+    def _prepare(self, memory: GuestMemory | None) -> bool:
+        """Before draining: follow a new memory table, complete resolved deferred chains.
+        False when the ring cannot be drained now (no usable memory, ring disabled)."""
+        queue = self._queue
         if memory is None:
-            return
+            return False
         if memory is not queue.memory:
             try:
                 queue.set_memory(memory)
             except GuestProtocolError as err:
                 self._guest_errors.error("ring %d: %s", self._vring.index, str(err))
-                return
-        vring = self._vring
-        if not vring.enabled:
-            return
+                return False
+        if not self._vring.enabled:
+            return False
         if self._resolved:
             self._complete_resolved()
             if queue.needs_notification():
-                vring.signal_call()
+                self._vring.signal_call()
+        return True
+
+    def _process(self) -> None:
+        queue = self._queue
+        if not self._prepare(self._memory()):
+            return
         inline = self._pool is None
         while not self._stopping:
             queue.disable_notifications()
@@ -225,49 +294,55 @@ class QueueWorker:
 
     def _drain(self) -> bool:
         """Complete every available chain; False if the ring itself is unusable."""
-        queue = self._queue
-        pop = queue.pop
-        push_used = queue.push_used
-        serve_chain = self._serve_chain
-        index = self._index
-        vring = self._vring
+        pop = self._queue.pop
+        dispatch = self._dispatch
         while not self._stopping:
             try:
                 chain = pop()
             except InvalidChainError as err:
-                self._guest_errors.error("ring %d: %s", index, str(err))
-                if err.head is not None:
-                    if self._pool is None:
-                        queue.push_used(err.head, 0)
-                    else:
-                        self._complete_out_of_order(err.head, 0)
-                    if vring.dirty_log is not None:
-                        self._log_completion(None, 0)
+                self._complete_invalid(err)
                 continue
             except GuestProtocolError as err:
-                self._guest_errors.error("ring %d: %s; waiting for the next kick", index, str(err))
+                self._guest_errors.error("ring %d: %s; waiting for the next kick", self._index,
+                                         str(err))
                 return False
             if chain is None:
                 return True
-            if self._pool is not None and (not self._auto or self._worth_a_thread(chain)):
-                with self._completion_lock:
-                    self._in_flight += 1
-                self._pool.submit(self._serve_in_pool, chain)
-                continue
-            written = serve_chain(chain)
-            if written is None:  # deferred: completed when it resolves
-                continue
-            if self._pool is None:
-                push_used(chain.head, written)
-                if written >= BIG_REQUEST_BYTES or chain.readable_bytes >= BIG_REQUEST_BYTES:
-                    # A big request took long: tell the driver now (if it asked), so it can
-                    # refill the ring while the rest of the batch is served.
-                    self._notify()
-            else:  # the automatic pool's inline requests race with its threads' completions
-                self._complete_out_of_order(chain.head, written)
-            if vring.dirty_log is not None:
-                self._log_completion(chain, written)
+            dispatch(chain)
         return True
+
+    def _complete_invalid(self, err: InvalidChainError) -> None:
+        """A chain broke the rules: log it and give its head (if sane) back with 0 bytes."""
+        self._guest_errors.error("ring %d: %s", self._index, str(err))
+        if err.head is None:
+            return
+        if self._pool is None:
+            self._queue.push_used(err.head, 0)
+        else:
+            self._complete_out_of_order(err.head, 0)
+        if self._vring.dirty_log is not None:
+            self._log_completion(None, 0)
+
+    def _dispatch(self, chain: DescriptorChain) -> None:
+        """Serve one chain here or hand it to the pool, and complete it when served here."""
+        if self._pool is not None and (not self._auto or self._worth_a_thread(chain)):
+            with self._completion_lock:
+                self._in_flight += 1
+            self._pool.submit(self._serve_in_pool, chain)
+            return
+        written = self._serve_chain(chain)
+        if written is None:  # deferred: completed when it resolves
+            return
+        if self._pool is None:
+            self._queue.push_used(chain.head, written)
+            if written >= BIG_REQUEST_BYTES or chain.readable_bytes >= BIG_REQUEST_BYTES:
+                # A big request took long: tell the driver now (if it asked), so it can
+                # refill the ring while the rest of the batch is served.
+                self._notify()
+        else:  # the automatic pool's inline requests race with its threads' completions
+            self._complete_out_of_order(chain.head, written)
+        if self._vring.dirty_log is not None:
+            self._log_completion(chain, written)
 
     def _notify(self) -> None:
         """Signal the call eventfd for what was pushed so far, if the driver wants to know."""

@@ -40,6 +40,7 @@ from virtiofsd.vhost_user.messages import (
 from virtiofsd.virtio.device import virtio_fs_config
 from virtiofsd.virtio.dirty_log import DirtyLog
 from virtiofsd.virtio.memory import GuestMemory, GuestMemoryError, map_region
+from virtiofsd.virtio.native_queue import split_queue_class
 from virtiofsd.virtio.split_queue import SplitQueue, check_queue_size
 
 __all__ = [
@@ -202,7 +203,8 @@ class RingRunner(Protocol):
         """Stop the worker and wait for it; afterwards ``vring.base`` is its next avail index."""
 
     def wake_ring(self, vring: Vring) -> None:
-        """Make the worker look at its ring again (it was just enabled)."""
+        """Make the worker look at its ring again, before it walks another chain (the ring was
+        just enabled, or the memory table replaced)."""
 
     def reset_device(self) -> None:
         """The front-end reset the device: forget request-handler state."""
@@ -424,6 +426,7 @@ class VhostUserBackend:
             raise RequestRefused(f"{err}; {GUEST_MEMORY_HINT}") from err
         self._memory = table
         logger.debug("memory table: %r", table)
+        self._memory_replaced()
 
     def _get_max_mem_slots(self, payload: bytes, fds: list[int]) -> bytes:
         return msg.encode_u64(self._max_mem_slots)
@@ -440,6 +443,7 @@ class VhostUserBackend:
         except GuestMemoryError as err:
             raise RequestRefused(f"{err}; {GUEST_MEMORY_HINT}") from err
         logger.debug("added memory region %s", mapped.describe())
+        self._memory_replaced()
 
     def _rem_mem_reg(self, payload: bytes, fds: list[int]) -> None:
         region = msg.decode_single_region(payload)
@@ -452,6 +456,14 @@ class VhostUserBackend:
         except GuestMemoryError as err:
             raise RequestRefused(str(err)) from err
         logger.debug("removed memory region %s", removed.describe())
+        self._memory_replaced()
+
+    def _memory_replaced(self) -> None:
+        """Running workers must follow the new table before they walk another chain: the
+        front-end acknowledges the change to the guest only after this message's reply."""
+        for vring in self.vrings:
+            if vring.running:
+                self._runner.wake_ring(vring)
 
     # ---- rings ----------------------------------------------------------------------
 
@@ -561,7 +573,7 @@ class VhostUserBackend:
         assert vring.desc_gpa is not None and vring.avail_gpa is not None
         assert vring.used_gpa is not None
         try:
-            queue = SplitQueue(
+            queue = split_queue_class()(
                 vring.size,
                 vring.desc_gpa,
                 vring.avail_gpa,
@@ -577,7 +589,8 @@ class VhostUserBackend:
             self._device_state.ring_starting()
         self._runner.start_ring(vring, queue, self.current_memory)
         vring.running = True
-        logger.debug("ring %d started (size %d, base %d)", vring.index, vring.size, vring.base)
+        logger.debug("ring %d started (size %d, base %d, %s)", vring.index, vring.size,
+                     vring.base, type(queue).__name__)
 
     def _stop_ring(self, vring: Vring) -> None:
         self._runner.stop_ring(vring)

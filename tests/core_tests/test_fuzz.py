@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from virtiofsd.virtio.native_queue import NATIVE_AVAILABLE
 from fuzz.targets import FUSE_SEEDS, INTERESTING_32, FuseTarget, RingTarget, encode_request, \
     mutate_request
 from virtiofsd.fuse import abi
@@ -101,6 +102,18 @@ def test_random_rings_never_crash_the_walker(seed) -> None:
     rng = random.Random(seed)
     target = RingTarget()
     target.run(*target.random_layout(rng))
+
+
+@FUZZ
+@given(seed=st.integers(0, 1 << 32))
+def test_the_compiled_ring_walks_random_rings_as_the_python_one(seed) -> None:
+    """Same layout, same chains, same bytes, same errors: the Python walker is the reference
+    for the compiled one (tests/fuzz/targets.py, RingTarget.compare)."""
+    if not NATIVE_AVAILABLE:
+        pytest.skip("the compiled virtqueue module is not built")
+    rng = random.Random(seed)
+    target = RingTarget()
+    target.compare(target.random_layout(rng))
 
 
 def test_the_ring_fuzzer_reaches_valid_chains() -> None:

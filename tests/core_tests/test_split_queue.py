@@ -19,68 +19,18 @@ from virtiofsd.virtio.chain import (
     InvalidChainError,
 )
 from virtiofsd.virtio.memory import GuestMemory, MappedRegion
-from virtiofsd.virtio.split_queue import SplitQueue
+from virtiofsd.virtio.native_queue import NATIVE_AVAILABLE, NativeSplitQueue
 
-BASE = 0x100000
-MEM_SIZE = 0x40000
-DESC = BASE
-AVAIL = BASE + 0x1000
-USED = BASE + 0x2000
-DATA = BASE + 0x10000
+from ring_driver import AVAIL, BASE, DATA, DESC, MEM_SIZE, USED, Driver
 
-
-class Driver:
-    """Just enough of a virtio driver: descriptors, the avail ring, reading the used ring."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self.buf = bytearray(MEM_SIZE)
-        self.mem = GuestMemory([MappedRegion(BASE, MEM_SIZE, 0x7F00_0000_0000, memoryview(self.buf))])
-        self.avail_idx = 0
-        self.next_data = DATA
-
-    def queue(self, *, event_idx: bool = False, indirect: bool = True, last_avail: int = 0) -> SplitQueue:
-        return SplitQueue(self.size, DESC, AVAIL, USED, self.mem, event_idx=event_idx,
-                          indirect=indirect, last_avail=last_avail)
-
-    def alloc(self, content: bytes | int) -> tuple[int, int]:
-        data = bytes(content) if isinstance(content, int) else content
-        addr = self.next_data
-        self.buf[addr - BASE : addr - BASE + len(data)] = data
-        self.next_data += (len(data) + 15) & ~15
-        return addr, len(data)
-
-    def desc(self, index: int, addr: int, length: int, flags: int = 0, next_: int = 0,
-             table: int = DESC) -> None:
-        struct.pack_into("<QIHH", self.buf, table - BASE + 16 * index, addr, length, flags, next_)
-
-    def publish(self, *heads: int) -> None:
-        for head in heads:
-            struct.pack_into("<H", self.buf, AVAIL - BASE + 4 + 2 * (self.avail_idx % self.size), head)
-            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        struct.pack_into("<H", self.buf, AVAIL - BASE + 2, self.avail_idx)
-
-    def set_avail_idx(self, value: int) -> None:
-        self.avail_idx = value
-        struct.pack_into("<H", self.buf, AVAIL - BASE + 2, value)
-
-    def used_idx(self) -> int:
-        return struct.unpack_from("<H", self.buf, USED - BASE + 2)[0]
-
-    def used_element(self, slot: int) -> tuple[int, int]:
-        return struct.unpack_from("<II", self.buf, USED - BASE + 4 + 8 * slot)
-
-    def set_used_event(self, value: int) -> None:
-        struct.pack_into("<H", self.buf, AVAIL - BASE + 4 + 2 * self.size, value)
-
-    def avail_event(self) -> int:
-        return struct.unpack_from("<H", self.buf, USED - BASE + 4 + 8 * self.size)[0]
-
-    def used_flags(self) -> int:
-        return struct.unpack_from("<H", self.buf, USED - BASE)[0]
-
-    def set_avail_flags(self, value: int) -> None:
-        struct.pack_into("<H", self.buf, AVAIL - BASE, value)
+@pytest.fixture(autouse=True, params=["python", "native"])
+def queue_implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against the Python queue and the compiled one."""
+    if request.param == "native":
+        if not NATIVE_AVAILABLE:
+            pytest.skip("the compiled virtqueue module is not built")
+        monkeypatch.setattr(Driver, "queue_class", NativeSplitQueue)
+    return request.param
 
 
 def test_empty_ring_pops_nothing():
@@ -387,11 +337,11 @@ def test_event_idx_enable_publishes_avail_event():
 def test_rings_outside_memory_or_misaligned_are_rejected():
     driver = Driver()
     with pytest.raises(GuestProtocolError, match="not in guest memory"):
-        SplitQueue(8, DESC, AVAIL, BASE + MEM_SIZE - 8, driver.mem, event_idx=False)
+        Driver.queue_class(8, DESC, AVAIL, BASE + MEM_SIZE - 8, driver.mem, event_idx=False)
     with pytest.raises(GuestProtocolError, match="aligned"):
-        SplitQueue(8, DESC + 8, AVAIL, USED, driver.mem, event_idx=False)
+        Driver.queue_class(8, DESC + 8, AVAIL, USED, driver.mem, event_idx=False)
     with pytest.raises(GuestProtocolError, match="power of two"):
-        SplitQueue(6, DESC, AVAIL, USED, driver.mem, event_idx=False)
+        Driver.queue_class(6, DESC, AVAIL, USED, driver.mem, event_idx=False)
 
 
 def test_buffer_spanning_two_regions_yields_two_views():
@@ -483,7 +433,7 @@ def test_a_concurrent_reader_never_sees_a_torn_used_index():
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
             used_index[1] = 1  # a new round; one store, never 0
-            queue = SplitQueue(8, DESC, AVAIL, USED, mem, event_idx=False, indirect=False,
+            queue = Driver.queue_class(8, DESC, AVAIL, USED, mem, event_idx=False, indirect=False,
                                last_avail=0)
             for _ in range(0xFFFF - 1):
                 queue.push_used(0, 0)

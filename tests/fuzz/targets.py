@@ -14,7 +14,9 @@ What counts as a crash (:class:`Crash`, or any exception escaping a target):
   unexpected exception, which hides the bug from the guest but not from us).
 - Ring: ``pop`` raising anything but :class:`~virtiofsd.errors.GuestProtocolError`; an invalid
   chain naming a head outside the queue; a chain whose buffers hold more bytes than its
-  descriptors claim; more chains than the guest published.
+  descriptors claim; more chains than the guest published; and, where the compiled queue is
+  built, any difference between it and the Python one on the same layout
+  (:meth:`RingTarget.compare`): the Python walker is the reference.
 
 Inputs are built from :data:`FUSE_SEEDS`, one well-formed request per opcode, by the mutations
 of :func:`mutate_request`, which the long run draws from :mod:`random` and the hypothesis test
@@ -37,6 +39,7 @@ from virtiofsd.fuse.router import FuseRouter
 from virtiofsd.manager import make_plugin_manager
 from virtiofsd.virtio.chain import InvalidChainError
 from virtiofsd.virtio.memory import GuestMemory, MappedRegion
+from virtiofsd.virtio.native_queue import NATIVE_AVAILABLE, NativeSplitQueue
 from virtiofsd.virtio.split_queue import SplitQueue
 
 Op = abi.Opcode
@@ -394,18 +397,26 @@ class RingTarget:
                          next_index)
 
     def run(self, size: int, event_idx: bool, indirect: bool, last_avail: int,
-            published: int) -> int:
-        """Pop (and complete) every chain the layout publishes; returns the chains served."""
+            published: int, queue_class: type[SplitQueue] = SplitQueue,
+            outcomes: list[tuple] | None = None) -> int:
+        """Pop (and complete) every chain the layout publishes; returns the chains served.
+
+        ``outcomes``, if given, receives what each pop gave, for :meth:`compare`.
+        """
         try:
-            queue = SplitQueue(size, DESC_GPA, AVAIL_GPA, USED_GPA, self.memory,
-                               event_idx=event_idx, indirect=indirect, last_avail=last_avail)
-        except GuestProtocolError:
+            queue = queue_class(size, DESC_GPA, AVAIL_GPA, USED_GPA, self.memory,
+                                event_idx=event_idx, indirect=indirect, last_avail=last_avail)
+        except GuestProtocolError as err:
+            if outcomes is not None:
+                outcomes.append(("refused", str(err)))
             return 0
+        record = outcomes.append if outcomes is not None else _discard
         served = 0
         for _ in range(min(published, size) + 1):
             try:
                 chain = queue.pop()
             except InvalidChainError as err:
+                record(("invalid", err.head))
                 if err.head is not None:
                     if not 0 <= err.head < size:
                         raise Crash(f"invalid chain names head {err.head} of {size}") from err
@@ -413,9 +424,13 @@ class RingTarget:
                 served += 1
                 continue
             except GuestProtocolError:
+                record(("ring error",))
                 break
             if chain is None:
+                record(("empty",))
                 break
+            record(("chain", chain.head, chain.readable_bytes, chain.writable_bytes,
+                    b"".join(chain.readable), sum(view.nbytes for view in chain.writable)))
             served += 1
             if not 0 <= chain.head < size:
                 raise Crash(f"chain head {chain.head} outside a queue of {size}")
@@ -431,3 +446,27 @@ class RingTarget:
         if served > published:
             raise Crash(f"{served} chains served, {published} published")
         return served
+
+    def compare(self, layout: tuple[int, bool, bool, int, int]) -> int:
+        """Run ``layout`` through the Python queue and the compiled one, each on the same
+        memory, and raise :class:`Crash` where their outcomes differ.  Returns the chains the
+        Python queue served."""
+        snapshot = (bytes(self.first), bytes(self.second))
+        expected: list[tuple] = []
+        served = self.run(*layout, queue_class=SplitQueue, outcomes=expected)
+        if not NATIVE_AVAILABLE:
+            return served
+        self.first[:], self.second[:] = snapshot
+        got: list[tuple] = []
+        self.run(*layout, queue_class=NativeSplitQueue, outcomes=got)
+        if got != expected:
+            difference = next(index for index, (want, have) in enumerate(zip(expected, got))
+                              if want != have) if len(got) == len(expected) else len(expected)
+            raise Crash(f"layout {layout}: the compiled queue differs at pop {difference}: "
+                        f"Python {expected[difference:difference + 1]}, compiled "
+                        f"{got[difference:difference + 1]} ({len(expected)} vs {len(got)} pops)")
+        return served
+
+
+def _discard(outcome: tuple) -> None:
+    """Where outcomes go when nobody compares them."""

@@ -1,0 +1,77 @@
+/*
+ * The system-call side of the compiled ring: the worker's wait for a kick.  split_ring.c stays
+ * free of system calls.
+ *
+ * Called through cffi, which releases the GIL for the call: a worker waiting in poll lets the
+ * other threads run.
+ */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "split_ring.h"
+
+/* Reset an eventfd counter after poll said it is readable (EAGAIN: a spurious wake-up). */
+static void consume_eventfd(int fd)
+{
+    uint64_t value;
+    ssize_t got;
+    do {
+        got = read(fd, &value, sizeof value);
+    } while (got < 0 && errno == EINTR);
+}
+
+/*
+ * Drain-notify-sleep, the loop of virtiofsd.io.daemon.QueueWorker without the interpreter:
+ * return the next chain; when none is left, first ask for the call eventfd to be signalled
+ * (VFS_NOTIFY: the caller holds the lock that guards that fd), then re-enable kicks, look once
+ * more (a chain published in between gets no kick of its own), and sleep until the kick or the
+ * wake eventfd fires.  Another thread that sets ring->interrupted (a new memory table to
+ * follow before the next walk) gets VFS_WOKEN back before the next pop.  With a thread pool the completions decide notifications (under their
+ * lock), and ``notify`` is 0.
+ */
+int vfs_ring_next(struct vfs_ring *ring, const struct vfs_memory *memory, struct vfs_chain *chain,
+                  int kick_fd, int wake_fd, int notify)
+{
+    for (;;) {
+        if (__atomic_exchange_n(&ring->interrupted, 0, __ATOMIC_ACQ_REL))
+            return VFS_WOKEN;
+        int status = vfs_ring_pop(ring, memory, chain);
+        if (status != VFS_EMPTY)
+            return status;
+        if (notify && vfs_ring_needs_notification(ring))
+            return VFS_NOTIFY;
+        if (vfs_ring_enable_notifications(ring)) {
+            vfs_ring_disable_notifications(ring);
+            continue;
+        }
+        struct pollfd fds[2] = { { kick_fd, POLLIN, 0 }, { wake_fd, POLLIN, 0 } };
+        int ready = poll(fds, 2, -1);
+        vfs_ring_disable_notifications(ring);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(chain->error, sizeof chain->error, "poll: %s", strerror(errno));
+            return VFS_POLL_ERROR;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].revents & (POLLERR | POLLNVAL)) {
+                snprintf(chain->error, sizeof chain->error,
+                         "poll reports an error on fd %d (events %#x)", fds[i].fd,
+                         (unsigned)fds[i].revents);
+                return VFS_POLL_ERROR;
+            }
+        }
+        if (fds[0].revents & POLLIN)
+            consume_eventfd(kick_fd);
+        if (fds[1].revents & POLLIN) {
+            consume_eventfd(wake_fd);
+            return VFS_WOKEN;
+        }
+    }
+}
