@@ -45,17 +45,22 @@ def decode_rdev(rdev: int) -> int:
     return os.makedev(major, minor)
 
 
-def host_entries(fd: int, offset: int, size: int) -> Iterator[Dirent64]:
-    """The entries of the folder ``fd`` from the position ``offset``; the caller holds the
-    handle's lock while it iterates."""
+def host_records(fd: int, offset: int, size: int) -> Iterator[memoryview]:
+    """The ``linux_dirent64`` records of the folder ``fd`` from the position ``offset``, one
+    getdents64 call of up to ``size`` bytes at a time.  Each view is of a buffer the next call
+    fills again: parse it before asking for the next.  The caller holds the handle's lock while
+    it iterates."""
     if not 0 <= offset <= _MAX_OFFSET:
         raise FuseError(errno.EINVAL, f"directory offset {offset} out of range")
     os.lseek(fd, offset, os.SEEK_SET)
     buffer = bytearray(min(max(size, _GETDENTS_MIN), GETDENTS_CHUNK))
-    while True:
-        records = ffi.getdents64(fd, buffer)
-        if not records:
-            return
+    while records := ffi.getdents64(fd, buffer):
+        yield records
+
+
+def host_entries(fd: int, offset: int, size: int) -> Iterator[Dirent64]:
+    """The entries of the folder ``fd`` from the position ``offset`` (see :func:`host_records`)."""
+    for records in host_records(fd, offset, size):
         yield from parse_dirents64(records)
 
 
@@ -161,8 +166,8 @@ class DirOps:
         handle = self._handles.get(fh, nodeid)
         out = DirentBuffer(size)
         with handle.lock:
-            for entry in host_entries(handle.fd, offset, size):
-                if not out.add(entry.ino, entry.offset, entry.dtype, entry.name):
+            for records in host_records(handle.fd, offset, size):
+                if not out.add_all(parse_dirents64(records)):
                     break
         return out.getvalue()
 
@@ -182,13 +187,13 @@ class DirOps:
         folder = self._inodes.get(nodeid)
         out = DirentBuffer(size)
         with handle.lock:
-            for entry in host_entries(handle.fd, offset, size):
-                if entry.name in _DOTS:
-                    if not out.add_plus(None, entry.ino, entry.offset, entry.dtype, entry.name):
+            for ino, entry_offset, dtype, name in host_entries(handle.fd, offset, size):
+                if name in _DOTS:
+                    if not out.add_plus(None, ino, entry_offset, dtype, name):
                         break
                     continue
                 try:
-                    reply = self._state.lookup(req, folder, entry.name)
+                    reply = self._state.lookup(req, folder, name)
                 except (OSError, FuseError) as exc:
                     if exc.errno == errno.ENOENT:
                         continue
@@ -196,14 +201,13 @@ class DirOps:
                         # The name without attributes (node id 0: the kernel then treats it as
                         # a plain entry), so that a spent descriptor budget never shortens a
                         # listing; the guest's own LOOKUP of it then meets ENFILE visibly.
-                        if not out.add_plus(None, entry.ino, entry.offset, entry.dtype,
-                                            entry.name):
+                        if not out.add_plus(None, ino, entry_offset, dtype, name):
                             break
                         continue
                     if len(out):
                         break
                     raise
-                if not out.add_plus(reply, entry.ino, entry.offset, entry.dtype, entry.name):
+                if not out.add_plus(reply, ino, entry_offset, dtype, name):
                     self._inodes.forget(reply.nodeid, 1)
                     break
         return out.getvalue()
