@@ -32,6 +32,13 @@ from virtiofsd_plugins.passthrough.state import PassthroughState
 GETDENTS_CHUNK = 32 * 1024
 #: Large enough for one record with a 255-byte name (getdents64 fails with EINVAL otherwise).
 _GETDENTS_MIN = 512
+#: The getdents64 buffer for a READDIRPLUS reply of ``size`` bytes is ``size * 11 // 16``: a
+#: ``linux_dirent64`` record is at most 280/408 of the ``fuse_direntplus`` record of the same
+#: name (names of 253 to 255 bytes; shorter ones less), so that many bytes of host records hold
+#: every entry the reply can, and the kernel reads fewer entries that would not be sent.  A
+#: READDIR reply needs ``size`` bytes (a ``fuse_dirent`` is never smaller than the host record).
+#: Names longer than NAME_MAX only cost another getdents64 call.
+_PLUS_NUMERATOR, _PLUS_DENOMINATOR = 11, 16
 _MAX_OFFSET = (1 << 63) - 1
 _OUT_OF_DESCRIPTORS = (errno.ENFILE, errno.EMFILE)
 _DOTS = (b".", b"..")
@@ -176,24 +183,27 @@ class DirOps:
                                    size: int) -> Any:
         """READDIR plus a LOOKUP of every entry but ``.`` and ``..``.
 
-        The lookup comes first and counts; when its record then does not fit, that lookup is
-        taken back, since the guest will never learn the node id.  An entry removed between
-        getdents64 and its lookup is skipped; one the daemon has no descriptor left for is listed
-        without attributes.
+        An entry is looked up only once its record is known to fit, so every lookup made is
+        sent and counts (the guest learns each node id it is given).  An entry removed between
+        getdents64 and its lookup is skipped; one the daemon has no descriptor left for is
+        listed without attributes.
         """
         if size == 0:
             return EMPTY
         handle = self._handles.get(fh, nodeid)
         folder = self._inodes.get(nodeid)
+        lookup = self._state.lookup
         out = DirentBuffer(size)
+        getdents_size = size * _PLUS_NUMERATOR // _PLUS_DENOMINATOR
         with handle.lock:
-            for ino, entry_offset, dtype, name in host_entries(handle.fd, offset, size):
+            for ino, entry_offset, dtype, name in host_entries(handle.fd, offset, getdents_size):
+                if not out.fits_plus(name):
+                    break
                 if name in _DOTS:
-                    if not out.add_plus(None, ino, entry_offset, dtype, name):
-                        break
+                    out.add_plus(None, ino, entry_offset, dtype, name)
                     continue
                 try:
-                    reply = self._state.lookup(req, folder, name)
+                    reply = lookup(req, folder, name)
                 except (OSError, FuseError) as exc:
                     if exc.errno == errno.ENOENT:
                         continue
@@ -201,15 +211,12 @@ class DirOps:
                         # The name without attributes (node id 0: the kernel then treats it as
                         # a plain entry), so that a spent descriptor budget never shortens a
                         # listing; the guest's own LOOKUP of it then meets ENFILE visibly.
-                        if not out.add_plus(None, ino, entry_offset, dtype, name):
-                            break
+                        out.add_plus(None, ino, entry_offset, dtype, name)
                         continue
                     if len(out):
                         break
                     raise
-                if not out.add_plus(reply, ino, entry_offset, dtype, name):
-                    self._inodes.forget(reply.nodeid, 1)
-                    break
+                out.add_plus(reply, ino, entry_offset, dtype, name)
         return out.getvalue()
 
     @hookimpl

@@ -212,7 +212,7 @@ def test_readdirplus_looks_up_entries_but_not_dots(fs, shared):
     assert fs.inodes.refcount(records[b"sub"]) == 1
 
 
-def test_readdirplus_undoes_the_lookup_that_does_not_fit(fs, shared):
+def test_readdirplus_counts_lookups_only_for_the_entries_it_sends(fs, shared):
     for index in range(20):
         (shared / f"f{index:02d}").touch()
     fh = fs.opendir()
