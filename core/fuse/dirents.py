@@ -23,13 +23,13 @@ _INITIAL_SIZE = 16 * 1024
 
 
 class _RecordLayouts(dict[int, tuple[int, Callable[..., None]]]):
-    """Name length -> (record size, ``pack_into`` of the record's struct): ``head`` fields (a
-    ``struct`` format without byte order), then the name, NUL-padded to the 8-byte boundary."""
+    """Name length -> (record size, ``pack_into`` of the record's struct): the little-endian
+    ``head`` fields, then the name, NUL-padded to the 8-byte boundary."""
 
-    def __init__(self, head: str, head_size: int) -> None:
+    def __init__(self, head: str) -> None:
         super().__init__()
         self._head = head
-        self._head_size = head_size
+        self._head_size = struct.calcsize(f"<{head}")
 
     def __missing__(self, namelen: int) -> tuple[int, Callable[..., None]]:
         padded = ((self._head_size + namelen + 7) & ~7) - self._head_size
@@ -38,10 +38,11 @@ class _RecordLayouts(dict[int, tuple[int, Callable[..., None]]]):
         return layout.size, layout.pack_into
 
 
+_DIRENT_HEAD = abi.DIRENT.format.lstrip("<")
 #: ``fuse_dirent``: ino, off, namelen, type, name.
-_DIRENT = _RecordLayouts("QQII", abi.DIRENT.size)
+_DIRENT = _RecordLayouts(_DIRENT_HEAD)
 #: ``fuse_direntplus``: the encoded ``fuse_entry_out``, then a ``fuse_dirent``.
-_DIRENTPLUS = _RecordLayouts(f"{abi.ENTRY_OUT.size}sQQII", abi.ENTRY_OUT.size + abi.DIRENT.size)
+_DIRENTPLUS = _RecordLayouts(f"{abi.ENTRY_OUT.size}s{_DIRENT_HEAD}")
 
 
 class DirentBuffer:
