@@ -1,27 +1,63 @@
 """Packing of READDIR and READDIRPLUS replies into the size the guest asked for.
 
 The guest gives a buffer size; entries are appended until the next one would not fit, and the
-caller learns that through ``add`` returning False, so it can stop reading the host directory
-(and, for READDIRPLUS, undo the lookup it made for the entry that did not fit).
+caller learns that through ``add`` returning False, so it can stop reading the host directory;
+``fits_plus`` lets READDIRPLUS know before it looks an entry up, so that it makes no lookup for
+an entry it will not send.
+
+Listing a folder packs every entry, so each record is one ``pack_into`` into one buffer per
+reply: a struct per name length, compiled the first time that length is seen, writes the
+header, the name and the zero padding up to 8 bytes in one call.
 """
 
 from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
 
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply
 
 _ZERO_ENTRY = bytes(abi.ENTRY_OUT.size)
-_PADDING = bytes(8)
+_INITIAL_SIZE = 16 * 1024
+
+
+class _RecordLayouts(dict[int, tuple[int, Callable[..., None]]]):
+    """Name length -> (record size, ``pack_into`` of the record's struct): the little-endian
+    ``head`` fields, then the name, NUL-padded to the 8-byte boundary."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self._head = head
+        self._head_size = struct.calcsize(f"<{head}")
+
+    def __missing__(self, namelen: int) -> tuple[int, Callable[..., None]]:
+        padded = ((self._head_size + namelen + 7) & ~7) - self._head_size
+        layout = struct.Struct(f"<{self._head}{padded}s")
+        self[namelen] = layout.size, layout.pack_into
+        return layout.size, layout.pack_into
+
+
+_DIRENT_HEAD = abi.DIRENT.format.lstrip("<")
+#: ``fuse_dirent``: ino, off, namelen, type, name.
+_DIRENT = _RecordLayouts(_DIRENT_HEAD)
+#: ``fuse_direntplus``: the encoded ``fuse_entry_out``, then a ``fuse_dirent``.
+_DIRENTPLUS = _RecordLayouts(f"{abi.ENTRY_OUT.size}s{_DIRENT_HEAD}")
 
 
 class DirentBuffer:
-    """Accumulates ``fuse_dirent`` or ``fuse_direntplus`` records up to ``capacity`` bytes."""
+    """Accumulates ``fuse_dirent`` or ``fuse_direntplus`` records up to ``capacity`` bytes.
 
-    __slots__ = ("capacity", "_parts", "_used")
+    The records are packed into one buffer that starts at no more than ``_INITIAL_SIZE`` and
+    doubles when a record needs it: the guest's size is untrusted (up to 1 MiB), and listing a
+    small folder should not cost zeroing that much.
+    """
+
+    __slots__ = ("capacity", "_buffer", "_used")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._parts: list[bytes] = []
+        self._buffer = bytearray(min(capacity, _INITIAL_SIZE))
         self._used = 0
 
     def __len__(self) -> int:
@@ -29,13 +65,39 @@ class DirentBuffer:
 
     def add(self, ino: int, offset: int, dtype: int, name: bytes) -> bool:
         """Append a READDIR record; False (nothing appended) when it does not fit."""
-        size = abi.dirent_size(len(name))
-        if self._used + size > self.capacity:
+        return self.add_all(((ino, offset, dtype, name),))
+
+    def add_all(self, entries: Iterable[tuple[int, int, int, bytes]]) -> bool:
+        """Append a READDIR record for each ``(ino, offset, dtype, name)`` in order, up to the
+        first that does not fit.  The entries after that one are never asked for, so an
+        iterator that parses host records as they are asked for parses no further.
+
+        :returns: False when an entry did not fit (the reply is full), True when all did.
+        """
+        buffer = self._buffer
+        allocated = len(buffer)
+        used = self._used
+        layouts = _DIRENT
+        for ino, offset, dtype, name in entries:
+            namelen = len(name)
+            size, pack_into = layouts[namelen]
+            end = used + size
+            if end > allocated:
+                if not self._make_room(end):
+                    self._used = used
+                    return False
+                allocated = len(buffer)
+            pack_into(buffer, used, ino, offset, namelen, dtype, name)
+            used = end
+        self._used = used
+        return True
+
+    def _make_room(self, end: int) -> bool:
+        """Grow the buffer to hold ``end`` bytes; False when that is more than ``capacity``."""
+        if end > self.capacity:
             return False
-        self._parts.append(abi.DIRENT.pack(ino, offset, len(name), dtype))
-        self._parts.append(name)
-        self._parts.append(_PADDING[: size - abi.DIRENT.size - len(name)])
-        self._used += size
+        allocated = len(self._buffer)
+        self._buffer.extend(bytes(min(self.capacity, max(end, 2 * allocated)) - allocated))
         return True
 
     def fits_plus(self, name: bytes) -> bool:
@@ -45,16 +107,17 @@ class DirentBuffer:
     def add_plus(self, entry: EntryReply | None, ino: int, offset: int, dtype: int,
                  name: bytes) -> bool:
         """Append a READDIRPLUS record; ``entry`` None sends a zeroed entry (nodeid 0, as for
-        ``.`` and ``..``, which the guest must not count as lookups)."""
-        size = abi.direntplus_size(len(name))
-        if self._used + size > self.capacity:
+        ``.`` and ``..``, which the guest must not count as lookups).  False (nothing appended)
+        when it does not fit."""
+        namelen = len(name)
+        size, pack_into = _DIRENTPLUS[namelen]
+        end = self._used + size
+        if end > len(self._buffer) and not self._make_room(end):
             return False
-        self._parts.append(entry.encode() if entry is not None else _ZERO_ENTRY)
-        self._parts.append(abi.DIRENT.pack(ino, offset, len(name), dtype))
-        self._parts.append(name)
-        self._parts.append(_PADDING[: size - abi.ENTRY_OUT.size - abi.DIRENT.size - len(name)])
-        self._used += size
+        pack_into(self._buffer, self._used, entry.encode() if entry is not None else _ZERO_ENTRY,
+                  ino, offset, namelen, dtype, name)
+        self._used = end
         return True
 
     def getvalue(self) -> bytes:
-        return b"".join(self._parts)
+        return bytes(memoryview(self._buffer)[:self._used])

@@ -7,44 +7,48 @@ Layout (``include/linux/dirent.h``), native byte order, no padding between the f
 ``d_reclen`` covers the whole record including the name, its NUL and the padding up to 8 bytes.
 ``d_off`` is the file-system's opaque cookie for "the position after this entry": lseek(2) to it
 and the next getdents64 continues there, which is why READDIR hands it to the guest as the
-entry's offset.
+entry's offset.  The kernel writes the name and its NUL but not the padding after it, so the
+padding holds whatever the buffer held before: the name ends at the first NUL.
 
 Pure code over bytes: the kernel's records are trusted less than blindly, so a record whose
 length is impossible raises ``ValueError`` instead of looping or reading past the buffer.
+
+Listing a folder parses every entry, so the loop is lean on purpose: one precompiled unpack and
+one slice per record, and each entry a plain tuple (building a NamedTuple costs a Python call per
+entry, measured at about 300 ns of the 800 ns that parsing and packing an entry took).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
 
 _HEADER = struct.Struct("=QqHB")
+_NAME_START = _HEADER.size
 
-
-class Dirent64(NamedTuple):
-    ino: int
-    offset: int
-    dtype: int
-    name: bytes
+#: One record: ``(ino, offset, dtype, name)``, ``offset`` being ``d_off``.
+Dirent64 = tuple[int, int, int, bytes]
 
 
 def parse_dirents64(data: bytes | bytearray | memoryview) -> Iterator[Dirent64]:
-    """The records packed in ``data`` (what getdents64 returned), in order.
+    """The records packed in ``data`` (what getdents64 returned), in order, parsed as they are
+    asked for: a caller that stops early pays nothing for the records after.
 
     :raises ValueError: a record is shorter than its header or runs past the end of ``data``.
     """
-    view = memoryview(data)
-    end = len(view)
+    records = bytes(data)  # slices of bytes are bytes, which have partition(); one copy
+    end = len(records)
     position = 0
-    header_size = _HEADER.size
+    unpack_header = _HEADER.unpack_from
     while position < end:
-        if end - position < header_size:
-            raise ValueError(f"truncated linux_dirent64 header at byte {position} of {end}")
-        ino, offset, reclen, dtype = _HEADER.unpack_from(view, position)
-        if reclen <= header_size or position + reclen > end:
-            raise ValueError(f"linux_dirent64 at byte {position} has impossible length {reclen}")
-        raw_name = bytes(view[position + header_size:position + reclen])
-        nul = raw_name.find(b"\0")
-        yield Dirent64(ino, offset, dtype, raw_name if nul < 0 else raw_name[:nul])
+        try:
+            ino, offset, reclen, dtype = unpack_header(records, position)
+        except struct.error:
+            raise ValueError(f"truncated linux_dirent64 header at byte {position} "
+                             f"of {end}") from None
+        name_start = position + _NAME_START
         position += reclen
+        if not name_start < position <= end:
+            raise ValueError(f"linux_dirent64 at byte {position - reclen} has impossible "
+                             f"length {reclen}")
+        yield ino, offset, dtype, records[name_start:position].partition(b"\0")[0]

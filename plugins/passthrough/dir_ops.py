@@ -32,6 +32,13 @@ from virtiofsd_plugins.passthrough.state import PassthroughState
 GETDENTS_CHUNK = 32 * 1024
 #: Large enough for one record with a 255-byte name (getdents64 fails with EINVAL otherwise).
 _GETDENTS_MIN = 512
+#: The getdents64 buffer for a READDIRPLUS reply of ``size`` bytes is ``size * 11 // 16``: a
+#: ``linux_dirent64`` record is at most 280/408 of the ``fuse_direntplus`` record of the same
+#: name (names of 253 to 255 bytes; shorter ones less), so that many bytes of host records hold
+#: every entry the reply can, and the kernel reads fewer entries that would not be sent.  A
+#: READDIR reply needs ``size`` bytes (a ``fuse_dirent`` is never smaller than the host record).
+#: Names longer than NAME_MAX only cost another getdents64 call.
+_PLUS_NUMERATOR, _PLUS_DENOMINATOR = 11, 16
 _MAX_OFFSET = (1 << 63) - 1
 _OUT_OF_DESCRIPTORS = (errno.ENFILE, errno.EMFILE)
 _DOTS = (b".", b"..")
@@ -45,17 +52,22 @@ def decode_rdev(rdev: int) -> int:
     return os.makedev(major, minor)
 
 
-def host_entries(fd: int, offset: int, size: int) -> Iterator[Dirent64]:
-    """The entries of the folder ``fd`` from the position ``offset``; the caller holds the
-    handle's lock while it iterates."""
+def host_records(fd: int, offset: int, size: int) -> Iterator[memoryview]:
+    """The ``linux_dirent64`` records of the folder ``fd`` from the position ``offset``, one
+    getdents64 call of up to ``size`` bytes at a time.  Each view is of a buffer the next call
+    fills again: parse it before asking for the next.  The caller holds the handle's lock while
+    it iterates."""
     if not 0 <= offset <= _MAX_OFFSET:
         raise FuseError(errno.EINVAL, f"directory offset {offset} out of range")
     os.lseek(fd, offset, os.SEEK_SET)
     buffer = bytearray(min(max(size, _GETDENTS_MIN), GETDENTS_CHUNK))
-    while True:
-        records = ffi.getdents64(fd, buffer)
-        if not records:
-            return
+    while records := ffi.getdents64(fd, buffer):
+        yield records
+
+
+def host_entries(fd: int, offset: int, size: int) -> Iterator[Dirent64]:
+    """The entries of the folder ``fd`` from the position ``offset`` (see :func:`host_records`)."""
+    for records in host_records(fd, offset, size):
         yield from parse_dirents64(records)
 
 
@@ -161,8 +173,8 @@ class DirOps:
         handle = self._handles.get(fh, nodeid)
         out = DirentBuffer(size)
         with handle.lock:
-            for entry in host_entries(handle.fd, offset, size):
-                if not out.add(entry.ino, entry.offset, entry.dtype, entry.name):
+            for records in host_records(handle.fd, offset, size):
+                if not out.add_all(parse_dirents64(records)):
                     break
         return out.getvalue()
 
@@ -171,24 +183,27 @@ class DirOps:
                                    size: int) -> Any:
         """READDIR plus a LOOKUP of every entry but ``.`` and ``..``.
 
-        The lookup comes first and counts; when its record then does not fit, that lookup is
-        taken back, since the guest will never learn the node id.  An entry removed between
-        getdents64 and its lookup is skipped; one the daemon has no descriptor left for is listed
-        without attributes.
+        An entry is looked up only once its record is known to fit, so every lookup made is
+        sent and counts (the guest learns each node id it is given).  An entry removed between
+        getdents64 and its lookup is skipped; one the daemon has no descriptor left for is
+        listed without attributes.
         """
         if size == 0:
             return EMPTY
         handle = self._handles.get(fh, nodeid)
         folder = self._inodes.get(nodeid)
+        lookup = self._state.lookup
         out = DirentBuffer(size)
+        getdents_size = size * _PLUS_NUMERATOR // _PLUS_DENOMINATOR
         with handle.lock:
-            for entry in host_entries(handle.fd, offset, size):
-                if entry.name in _DOTS:
-                    if not out.add_plus(None, entry.ino, entry.offset, entry.dtype, entry.name):
-                        break
+            for ino, entry_offset, dtype, name in host_entries(handle.fd, offset, getdents_size):
+                if not out.fits_plus(name):
+                    break
+                if name in _DOTS:
+                    out.add_plus(None, ino, entry_offset, dtype, name)
                     continue
                 try:
-                    reply = self._state.lookup(req, folder, entry.name)
+                    reply = lookup(req, folder, name)
                 except (OSError, FuseError) as exc:
                     if exc.errno == errno.ENOENT:
                         continue
@@ -196,16 +211,12 @@ class DirOps:
                         # The name without attributes (node id 0: the kernel then treats it as
                         # a plain entry), so that a spent descriptor budget never shortens a
                         # listing; the guest's own LOOKUP of it then meets ENFILE visibly.
-                        if not out.add_plus(None, entry.ino, entry.offset, entry.dtype,
-                                            entry.name):
-                            break
+                        out.add_plus(None, ino, entry_offset, dtype, name)
                         continue
                     if len(out):
                         break
                     raise
-                if not out.add_plus(reply, entry.ino, entry.offset, entry.dtype, entry.name):
-                    self._inodes.forget(reply.nodeid, 1)
-                    break
+                out.add_plus(reply, ino, entry_offset, dtype, name)
         return out.getvalue()
 
     @hookimpl

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from virtiofsd.sys import ffi
-from virtiofsd.sys.dirents64 import Dirent64, parse_dirents64
+from virtiofsd.sys.dirents64 import parse_dirents64
 
 
 def test_getdents64_lists_a_folder(tmp_path):
@@ -25,11 +25,10 @@ def test_getdents64_lists_a_folder(tmp_path):
             entries.extend(parse_dirents64(records))
     finally:
         os.close(fd)
-    by_name = {entry.name: entry for entry in entries}
+    by_name = {name: (ino, dtype) for ino, _offset, dtype, name in entries}
     assert set(by_name) == {b".", b"..", b"a", b"bb", b"ccc", b"dir"}
-    assert by_name[b"a"].ino == os.stat(tmp_path / "a").st_ino
-    assert by_name[b"dir"].dtype == stat.S_IFDIR >> 12
-    assert by_name[b"a"].dtype == stat.S_IFREG >> 12
+    assert by_name[b"a"] == (os.stat(tmp_path / "a").st_ino, stat.S_IFREG >> 12)
+    assert by_name[b"dir"][1] == stat.S_IFDIR >> 12
 
 
 def test_getdents64_resumes_at_an_offset(tmp_path):
@@ -38,7 +37,8 @@ def test_getdents64_resumes_at_an_offset(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         everything = list(parse_dirents64(ffi.getdents64(fd, bytearray(65536))))
-        os.lseek(fd, everything[9].offset, os.SEEK_SET)
+        _ino, tenth_offset, _dtype, _name = everything[9]
+        os.lseek(fd, tenth_offset, os.SEEK_SET)
         rest = list(parse_dirents64(ffi.getdents64(fd, bytearray(65536))))
     finally:
         os.close(fd)
@@ -140,8 +140,18 @@ def _record(ino, offset, dtype, name, reclen=None):
 def test_parse_dirents64_records():
     data = _record(1, 10, 4, b".") + _record(2, 20, 8, b"name") + _record(3, -1, 10, b"x" * 255)
     assert list(parse_dirents64(data)) == [
-        Dirent64(1, 10, 4, b"."), Dirent64(2, 20, 8, b"name"), Dirent64(3, -1, 10, b"x" * 255)]
+        (1, 10, 4, b"."), (2, 20, 8, b"name"), (3, -1, 10, b"x" * 255)]
     assert list(parse_dirents64(b"")) == []
+
+
+def test_parse_dirents64_ends_names_at_the_first_nul():
+    """The kernel writes a name and its NUL but leaves the padding after it as the buffer held
+    it, so what follows the NUL may be the remains of an earlier, longer name."""
+    stale = bytearray(_record(7, 70, 8, b"abcdefghijklmnopqrstu"))
+    stale[:19 + 5] = _record(7, 70, 8, b"abcd", reclen=len(stale))[:19 + 5]
+    without_nul = struct.pack("=QqHB", 8, 80, 24, 8) + b"wxyzv"
+    assert list(parse_dirents64(bytes(stale) + without_nul)) == [
+        (7, 70, 8, b"abcd"), (8, 80, 8, b"wxyzv")]
 
 
 @pytest.mark.parametrize("data", [

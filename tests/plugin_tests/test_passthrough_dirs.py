@@ -212,7 +212,7 @@ def test_readdirplus_looks_up_entries_but_not_dots(fs, shared):
     assert fs.inodes.refcount(records[b"sub"]) == 1
 
 
-def test_readdirplus_undoes_the_lookup_that_does_not_fit(fs, shared):
+def test_readdirplus_counts_lookups_only_for_the_entries_it_sends(fs, shared):
     for index in range(20):
         (shared / f"f{index:02d}").touch()
     fh = fs.opendir()
@@ -240,6 +240,33 @@ def test_readdirplus_continues_at_the_offset(fs, shared):
         names.extend(name for _nodeid, name, _offset in records)
         offset = records[-1][2]
     assert sorted(names) == sorted([f"f{index}".encode() for index in range(10)] + [b".", b".."])
+
+
+@pytest.mark.parametrize("plus", [False, True], ids=["readdir", "readdirplus"])
+@pytest.mark.parametrize("size", [512, 4096])
+def test_pages_list_every_name_length_once_in_host_order(fs, shared, plus, size):
+    """Names of every length up to NAME_MAX, read page by page from the offsets the replies
+    gave: each name comes once, in the order getdents64 gives them, with the host's d_type."""
+    for length in range(1, 256):
+        (shared / ("f" * length)).touch()
+    (shared / "d").mkdir()
+    read = fs.hook.virtiofsd_fuse_readdirplus if plus else fs.hook.virtiofsd_fuse_readdir
+    fh = fs.opendir()
+    listed, offset = [], 0
+    while data := read(req=fs.req(), nodeid=ROOT, fh=fh, offset=offset, size=size):
+        assert len(data) <= size
+        if plus:
+            records = [(name, after) for _node, name, after in parse_readdirplus(data)]
+        else:
+            records = [(name, after) for _ino, after, _type, name in parse_readdir(data)]
+        listed.extend(name for name, _after in records)
+        offset = records[-1][1]
+    host_order = [name.encode() for name in os.listdir(shared)]
+    assert [name for name in listed if name not in (b".", b"..")] == host_order
+    assert sorted(listed) == sorted(host_order + [b".", b".."])
+    types = {record[3]: record[2] for record in parse_readdir(fs.hook.virtiofsd_fuse_readdir(
+        req=fs.req(), nodeid=ROOT, fh=fh, offset=0, size=65536))}
+    assert types[b"d"] == stat.S_IFDIR >> 12 and types[b"f" * 255] == stat.S_IFREG >> 12
 
 
 def test_opendir_reply_flags_follow_the_cache_mode(make_fs):
