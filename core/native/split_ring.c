@@ -256,8 +256,24 @@ static int walk_chain(const struct vfs_ring *ring, const struct vfs_memory *memo
     }
 }
 
+/* Copy the readable bytes into chain->copy when they fit (see struct vfs_chain). */
+static void copy_request(struct vfs_chain *chain)
+{
+    chain->copied = 0;
+    if (chain->readable_bytes > chain->copy_capacity)
+        return;
+    uint8_t *out = chain->copy;
+    for (uint64_t i = 0; i < chain->readable; i++) {
+        const struct vfs_buffer *buffer = &chain->buffers[i];
+        memcpy(out, buffer->host, buffer->length);
+        out += buffer->length;
+    }
+    chain->copied = chain->readable_bytes;
+}
+
 int vfs_ring_pop(struct vfs_ring *ring, const struct vfs_memory *memory, struct vfs_chain *chain)
 {
+    chain->copied = 0;
     chain->readable = chain->writable = 0;
     chain->readable_bytes = chain->writable_bytes = 0;
     chain->head = VFS_NO_HEAD;
@@ -284,7 +300,10 @@ int vfs_ring_pop(struct vfs_ring *ring, const struct vfs_memory *memory, struct 
         return VFS_INVALID_CHAIN;
     }
     chain->head = head;
-    return walk_chain(ring, memory, chain);
+    int status = walk_chain(ring, memory, chain);
+    if (status == VFS_CHAIN)
+        copy_request(chain);
+    return status;
 }
 
 uint32_t vfs_ring_known_available(const struct vfs_ring *ring)

@@ -34,8 +34,10 @@ struct vfs_buffer {
     uint32_t region;
 };
 
-/* A walked chain: readable buffers first, then writable ones.  The six counters come first
- * and are all u64, so Python reads them through one integer view. */
+/* A walked chain: readable buffers first, then writable ones.  The counters come first and
+ * are all u64, so Python reads them through one integer view.  When the readable bytes fit in
+ * copy_capacity, they are also copied, in order, to copy (copied = their number, else 0): a
+ * small request is then one contiguous snapshot the guest can no longer change. */
 struct vfs_chain {
     uint64_t head;
     uint64_t readable;
@@ -43,6 +45,9 @@ struct vfs_chain {
     uint64_t readable_bytes;
     uint64_t writable_bytes;
     uint64_t capacity;
+    uint64_t copied;
+    uint64_t copy_capacity;
+    uint8_t *copy;
     struct vfs_buffer *buffers;
     char error[256];
 };

@@ -62,9 +62,11 @@ class InvalidChainError(GuestProtocolError):
 class DescriptorChain:
     """The buffers of one available chain, as views into guest memory.
 
-    ``readable`` are the device-readable buffers (the request), in order; ``writable`` the
-    device-writable ones (room for the reply).  A buffer spanning two adjacent memory regions
-    appears as two consecutive views.
+    ``readable`` holds the device-readable bytes (the request), in order; ``writable`` the
+    device-writable ones (room for the reply).  How the bytes are split into views carries no
+    meaning: this walker gives one view per descriptor (two for a buffer spanning two adjacent
+    memory regions), the compiled one (:mod:`virtiofsd.virtio.native_queue`) merges adjacent
+    buffers and hands a small request over as one copy.
     """
 
     __slots__ = ("head", "readable", "readable_bytes", "writable", "writable_bytes")

@@ -11,6 +11,10 @@ WRITE from a Linux guest, one descriptor per 4 KiB page, mostly comes out as a h
 views instead of 257 (measured: 5 writable views per 1 MiB READ reply), which is what made big
 requests slow in Python.
 
+A request of up to :data:`COPY_CAPACITY` bytes (all but big WRITEs and SETXATTRs) comes out as
+one copy rather than views: one buffer to decode from, and a snapshot the guest cannot rewrite
+while the daemon decodes it.
+
 :meth:`NativeSplitQueue.next_chain` is the worker's whole wait-drain-notify loop in C; the
 Python worker calls it once per request (see :class:`virtiofsd.io.daemon.QueueWorker`).
 
@@ -55,8 +59,12 @@ else:
 #: indirect table): a buffer that crosses from one memory region into the next splits in two.
 _SPLIT_ALLOWANCE = 64
 #: u64 words of the counters at the start of ``struct vfs_chain`` (head, readable, writable,
-#: readable_bytes, writable_bytes, capacity).
-_COUNTERS = 6
+#: readable_bytes, writable_bytes, capacity, copied, copy_capacity).
+_COUNTERS = 8
+#: A request of up to this many bytes comes out as one copy instead of views of guest memory:
+#: every request but a big WRITE or SETXATTR (one view to decode, and a snapshot the guest
+#: cannot change while it is decoded).
+COPY_CAPACITY = 16 * 1024
 #: u64 words per ``struct vfs_buffer`` (host, offset, length | region << 32).
 _BUFFER_WORDS = 3
 _LOW_32 = 0xFFFFFFFF
@@ -71,15 +79,19 @@ def _host_address(view: memoryview) -> Any:
 class _ChainStruct:
     """One reusable ``struct vfs_chain`` with its buffer array and integer views of both."""
 
-    __slots__ = ("buffers", "counters", "native", "words")
+    __slots__ = ("buffers", "copy", "counters", "native", "request", "words")
 
     def __init__(self, capacity: int) -> None:
         self.buffers = ffi.new("struct vfs_buffer[]", capacity)
+        self.copy = ffi.new("uint8_t[]", COPY_CAPACITY)
         self.native = ffi.new("struct vfs_chain *")
         self.native.capacity = capacity
         self.native.buffers = self.buffers
+        self.native.copy_capacity = COPY_CAPACITY
+        self.native.copy = self.copy
         self.counters = memoryview(ffi.buffer(self.native, 8 * _COUNTERS)).cast("Q")
         self.words = memoryview(ffi.buffer(self.buffers)).cast("Q")
+        self.request = memoryview(ffi.buffer(self.copy))
 
     def error(self) -> str:
         return ffi.string(self.native.error).decode("utf-8", "replace")
@@ -170,12 +182,20 @@ class NativeSplitQueue(SplitQueue):
         readable_count = counters[1]
         words = walked.words
         views = self._views
-        readable = []
-        writable = []
-        out = readable
+        copied = counters[6]
+        if copied:
+            readable = [walked.request[:copied]]
+            writable = []
+            out = writable
+            start_word = _BUFFER_WORDS * readable_count
+        else:
+            readable = []
+            writable = []
+            out = readable
+            start_word = 0
         end = _BUFFER_WORDS * (readable_count + counters[2])
         first_writable = _BUFFER_WORDS * readable_count
-        for position in range(0, end, _BUFFER_WORDS):
+        for position in range(start_word, end, _BUFFER_WORDS):
             if position == first_writable:
                 out = writable
             start = words[position + 1]

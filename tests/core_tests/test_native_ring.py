@@ -18,7 +18,7 @@ from virtiofsd.virtio.chain import VIRTQ_DESC_F_NEXT as NEXT
 from virtiofsd.virtio.chain import VIRTQ_DESC_F_WRITE as WRITE
 from virtiofsd.virtio.chain import InvalidChainError
 from virtiofsd.virtio.memory import GuestMemory, MappedRegion
-from virtiofsd.virtio.native_queue import NATIVE_AVAILABLE, WOKEN, NativeSplitQueue
+from virtiofsd.virtio.native_queue import COPY_CAPACITY, NATIVE_AVAILABLE, WOKEN, NativeSplitQueue
 
 
 from ring_driver import AVAIL, BASE, DATA, DESC, USED, Driver
@@ -37,17 +37,39 @@ def test_contiguous_buffers_come_out_merged_per_direction():
     """A Linux guest sends big requests one descriptor per page; pages that follow each other
     in guest memory become one view (and never across the readable/writable boundary)."""
     driver = Driver()
-    driver.buf[DATA - BASE:DATA - BASE + 40] = bytes(range(40))
-    driver.desc(0, DATA, 16, NEXT, 1)
-    driver.desc(1, DATA + 16, 24, NEXT, 2)
-    driver.desc(2, DATA + 40, 8, WRITE | NEXT, 3)
-    driver.desc(3, DATA + 48, 8, WRITE | NEXT, 4)
-    driver.desc(4, DATA + 100, 4, WRITE)
+    big = COPY_CAPACITY + 4096
+    data = os.urandom(big)
+    driver.buf[DATA - BASE:DATA - BASE + big] = data
+    driver.desc(0, DATA, 4096, NEXT, 1)
+    driver.desc(1, DATA + 4096, big - 4096, NEXT, 2)
+    driver.desc(2, DATA + big, 8, WRITE | NEXT, 3)
+    driver.desc(3, DATA + big + 8, 8, WRITE | NEXT, 4)
+    driver.desc(4, DATA + big + 100, 4, WRITE)
     driver.publish(0)
     chain = native_queue(driver, event_idx=False).pop()
-    assert [bytes(view) for view in chain.readable] == [bytes(range(40))]
+    assert [bytes(view) for view in chain.readable] == [data]
     assert [view.nbytes for view in chain.writable] == [16, 4]
-    assert (chain.readable_bytes, chain.writable_bytes) == (40, 20)
+    assert (chain.readable_bytes, chain.writable_bytes) == (big, 20)
+
+
+def test_a_small_request_is_a_snapshot_and_a_big_one_a_view():
+    """Up to COPY_CAPACITY bytes the request is copied once, so the guest rewriting its
+    memory afterwards changes nothing the daemon decodes; a bigger one (WRITE data) stays in
+    guest memory."""
+    driver = Driver()
+    driver.buf[DATA - BASE:DATA - BASE + 8] = b"original"
+    driver.desc(0, DATA, 4, NEXT, 1)
+    driver.desc(1, DATA + 100, 4, NEXT, 2)
+    driver.desc(2, DATA + COPY_CAPACITY, 8, WRITE)
+    driver.buf[DATA + 100 - BASE:DATA + 104 - BASE] = b"tail"
+    driver.desc(3, DATA + 0x2000, COPY_CAPACITY + 1)
+    driver.publish(0, 3)
+    queue = native_queue(driver, event_idx=False)
+    small, big = queue.pop(), queue.pop()
+    driver.buf[DATA - BASE:DATA - BASE + 4] = b"XXXX"
+    driver.buf[DATA + 0x2000 - BASE] = 0x55
+    assert [bytes(view) for view in small.readable] == [b"origtail"]
+    assert big.readable[0][0] == 0x55
 
 
 def test_merged_buffers_stop_at_a_region_boundary():
@@ -59,12 +81,12 @@ def test_merged_buffers_stop_at_a_region_boundary():
     driver.mem = memory
     driver.buf = first
     desc, avail, used = BASE, BASE + 0x200, BASE + 0x400
-    struct.pack_into("<QIHH", first, 0, BASE + 0xFF0, 16, NEXT, 1)
-    struct.pack_into("<QIHH", first, 16, BASE + 0x1000, 16, 0, 0)
+    struct.pack_into("<QIHH", first, 0, BASE + 0xFF0, 16, WRITE | NEXT, 1)
+    struct.pack_into("<QIHH", first, 16, BASE + 0x1000, 16, WRITE, 0)
     struct.pack_into("<HHH", first, 0x200, 0, 1, 0)
     queue = NativeSplitQueue(8, desc, avail, used, memory, event_idx=False)
     chain = queue.pop()
-    assert [view.nbytes for view in chain.readable] == [16, 16]
+    assert [view.nbytes for view in chain.writable] == [16, 16]
 
 
 def test_a_buffer_split_over_more_regions_than_a_chain_can_hold_is_refused():
