@@ -65,6 +65,7 @@ _WRITE = int(Op.WRITE)
 _INTERRUPT = int(Op.INTERRUPT)
 _OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
 _IN_HEADER_SIZE = codec.IN_HEADER_SIZE
+_unpack_in_header = abi.IN_HEADER.unpack_from
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 #: Requests that can keep a thread waiting for long: flushing to disk, a lock that waits, an
 #: open that waits for a lease holder on the host to let go.
@@ -144,12 +145,15 @@ class FuseRouter:
         :returns: the number of bytes written into ``writable`` (0 when no reply is due or none
             can be written), or a deferred one for a request that waits.
         """
-        try:
-            header = codec.read_header(readable)
-        except GuestProtocolError as exc:
-            self._guest_errors.error("queue %d: dropping a request without a FUSE header: %s",
-                                     queue_index, str(exc))
-            return 0
+        if readable and len(readable[0]) >= _IN_HEADER_SIZE:
+            header = _unpack_in_header(readable[0])
+        else:
+            try:
+                header = codec.read_header(readable)
+            except GuestProtocolError as exc:
+                self._guest_errors.error("queue %d: dropping a request without a FUSE header: "
+                                         "%s", queue_index, str(exc))
+                return 0
         opcode = header[1]
         unique = header[2]
         if self._debug:
@@ -194,21 +198,22 @@ class FuseRouter:
 
     def _reply(self, writable: Sequence[memoryview], unique: int, opcode: int,
                result: Any) -> int | Deferred:
-        if result is None:
-            return codec.write_error(writable, unique, errno.ENOSYS)
-        if isinstance(result, _BYTES_LIKE):
+        # Reply objects first: most requests answer with one (no reply type is bytes-like).
+        encode = getattr(result, "encode", None)
+        if encode is not None:
+            body = encode()
+        elif isinstance(result, _BYTES_LIKE):
             body = result
+        elif result is None:
+            return codec.write_error(writable, unique, errno.ENOSYS)
         elif isinstance(result, int) and opcode == _WRITE:
             body = WriteReply(result).encode()
+        elif isinstance(result, Deferred):
+            return self._defer(writable, unique, opcode, result)
         else:
-            encode = getattr(result, "encode", None)
-            if encode is None:
-                if isinstance(result, Deferred):
-                    return self._defer(writable, unique, opcode, result)
-                log.error("%s (unique %d): a hook returned %r, which is not a reply",
-                          _opcode_name(opcode), unique, result)
-                return codec.write_error(writable, unique, errno.EIO)
-            body = encode()
+            log.error("%s (unique %d): a hook returned %r, which is not a reply",
+                      _opcode_name(opcode), unique, result)
+            return codec.write_error(writable, unique, errno.EIO)
         written = codec.write_reply(writable, unique, body)
         if written != _OUT_HEADER_SIZE + len(body):
             self._guest_errors.error("%s (unique %d): reply of %d bytes does not fit %d "

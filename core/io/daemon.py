@@ -231,13 +231,16 @@ class QueueWorker:
         poller = select.poll()
         poller.register(kick_fd, select.POLLIN)
         poller.register(wake_fd, select.POLLIN)
+        # Whether the ring may be drained: re-decided only when next_chain returns WOKEN, since
+        # everything that changes it (a new memory table, the ring enabled or disabled, a
+        # resolved deferred reply, stop) wakes the worker (wake(), which also interrupts C).
+        ready = self._prepare(memory())
         while not self._stopping:
-            current = memory()
-            if current is not queue.memory or not vring.enabled or self._resolved:
-                if not self._prepare(current):
-                    if not self._wait(poller.poll):
-                        return
-                    continue
+            if not ready:
+                if not self._wait(poller.poll):
+                    return
+                ready = self._prepare(memory())
+                continue
             try:
                 got = next_chain(kick_fd, wake_fd, inline)
             except InvalidChainError as err:
@@ -246,15 +249,16 @@ class QueueWorker:
             except GuestProtocolError as err:
                 self._guest_errors.error("ring %d: %s; waiting for the next kick", self._index,
                                          str(err))
-                if not self._wait(poller.poll):
-                    return
+                ready = False
                 continue
             except OSError as err:
                 logger.error("ring %d: %s; the ring is no longer served", self._index,
                              err.strerror)
                 return
             if type(got) is int:
-                if got != WOKEN:
+                if got == WOKEN:
+                    ready = self._prepare(memory())
+                else:
                     vring.signal_call()
                 continue
             dispatch(got)

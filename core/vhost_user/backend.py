@@ -204,7 +204,7 @@ class RingRunner(Protocol):
 
     def wake_ring(self, vring: Vring) -> None:
         """Make the worker look at its ring again, before it walks another chain (the ring was
-        just enabled, or the memory table replaced)."""
+        just enabled or disabled, or the memory table replaced)."""
 
     def reset_device(self) -> None:
         """The front-end reset the device: forget request-handler state."""
@@ -560,7 +560,8 @@ class VhostUserBackend:
 
     def _set_enabled(self, vring: Vring, enabled: bool) -> None:
         vring.enabled = enabled
-        if enabled and vring.running:
+        if vring.running:
+            # Either way the worker must look: to drain, or to stop draining.
             self._runner.wake_ring(vring)
 
     def _get_queue_num(self, payload: bytes, fds: list[int]) -> bytes:

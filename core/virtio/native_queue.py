@@ -238,7 +238,8 @@ class NativeSplitQueue(SplitQueue):
         :raises InvalidChainError: as :meth:`pop`; :raises GuestProtocolError: the avail index
             is impossible; :raises OSError: poll failed on the eventfds.
         """
-        walked = self._take()
+        free = self._free
+        walked = free.pop() if free else _ChainStruct(self._capacity)
         status = _next(self._ring, self._memory_table, walked.native, kick_fd, wake_fd,
                        notify)
         if status == _CHAIN:

@@ -571,6 +571,15 @@ def test_state_machine_starts_rings_only_when_fully_configured():
         handle(backend, R.SET_VRING_ADDR, m.encode_vring_addr(addr))  # same: no restart
         handle(backend, R.SET_VRING_ENABLE, m.encode_vring_state(1, 1))
         assert runner.events == [("start", 1), ("wake", 1)]
+        # A running worker must look before its next chain when the memory table changes
+        # (hot-plugged memory) or its ring is disabled.
+        added = os.memfd_create("hotplug", os.MFD_CLOEXEC)
+        os.ftruncate(added, 0x1000)
+        handle(backend, R.ADD_MEM_REG,
+               m.encode_single_region(m.MemoryRegion(GPA + MEM_SIZE, 0x1000, UADDR + MEM_SIZE,
+                                                     0)), [added])
+        handle(backend, R.SET_VRING_ENABLE, m.encode_vring_state(1, 0))
+        assert runner.events == [("start", 1), ("wake", 1), ("wake", 1), ("wake", 1)]
         reply = handle(backend, R.GET_VRING_BASE, m.encode_vring_state(1, 0))
         assert m.decode_vring_state(reply[12:]) == (1, 0)
         assert runner.events[-1] == ("stop", 1)
