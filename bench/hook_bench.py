@@ -1,7 +1,7 @@
 """Python CPU per FUSE operation inside the daemon, from the hook call inward.
 
     .venv/bin/python bench/hook_bench.py [--inode-file-handles never] [--ops getattr,lookup]
-        [--number 2000] [--repeat 7] [--cache auto] [--translate-uid map:0:0:1]
+        [--number 2000] [--repeat 7] [--cache auto] [--translate-uid map:0:0:1] [--dir /dev/shm]
 
 No daemon, no rings: the bench builds the plugin manager the daemon builds (the passthrough file
 system and the chosen inode store over a fresh folder), resolves each hook the way the router
@@ -169,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", choices=[mode.value for mode in CacheMode], default="auto")
     parser.add_argument("--translate-uid", action="append", default=[],
                         help="a uid translation rule, as the daemon's option")
+    parser.add_argument("--dir", default=None, help="where to make the shared folder")
     args = parser.parse_args(argv)
     names = args.ops.split(",")
     unknown = [name for name in names if name not in OPS]
     if unknown:
         parser.error(f"unknown operations: {', '.join(unknown)}")
-    with tempfile.TemporaryDirectory(prefix="hook-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix="hook-bench-", dir=args.dir) as folder:
         bench = Bench(Path(folder), args.inode_file_handles, args.cache, args.translate_uid)
         try:
             print(f"µs per operation (min of {args.repeat} x {args.number}), "

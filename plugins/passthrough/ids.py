@@ -17,10 +17,25 @@ from typing import Any
 from virtiofsd.errors import FuseError
 from virtiofsd.idmap import ForbiddenIdError, IdTranslation, parse_translation
 from virtiofsd.sys.credentials import thread_credentials
-from virtiofsd.sys.ffi import Statx
 
 #: The context of a creation by host root: nothing to switch (stateless, so shared).
 _UNCHANGED_CREDENTIALS = contextlib.nullcontext()
+
+
+class GuestStat:
+    """A stat result with the owner replaced by the guest's view of it; every other field is
+    the host's."""
+
+    __slots__ = ("_host", "st_uid", "st_gid")
+
+    def __init__(self, host: Any, uid: int, gid: int) -> None:
+        self._host = host
+        self.st_uid = uid
+        self.st_gid = gid
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
 
 class IdMapper:
     """The uid and gid translations of one daemon, applied to requests and attributes."""
@@ -76,13 +91,12 @@ class IdMapper:
             return _UNCHANGED_CREDENTIALS
         return thread_credentials(uid, gid, groups)
 
-    def guest_view(self, st: Statx) -> Statx:
-        """``st`` as the guest may see it: owners translated host-to-guest (a copy; ``st``
-        itself when no rule maps host ids)."""
+    def guest_view(self, st: Any) -> Any:
+        """``st`` as the guest may see it: owners translated host-to-guest (``st`` itself when
+        no rule maps host ids)."""
         if not self._maps_host_ids:
             return st
-        return st._replace(st_uid=self._uids.to_guest(st.st_uid),
-                           st_gid=self._gids.to_guest(st.st_gid))
+        return GuestStat(st, self._uids.to_guest(st.st_uid), self._gids.to_guest(st.st_gid))
 
     def _allowed_host_groups(self, groups: tuple[int, ...]) -> Iterator[int]:
         for group in groups:
