@@ -163,7 +163,8 @@ OPS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inode-file-handles", choices=sorted(STORES), default="never")
-    parser.add_argument("--ops", default=",".join(OPS), help="comma-separated, of: " + ", ".join(OPS))
+    parser.add_argument("--ops", default=",".join(OPS),
+                        help="comma-separated, of: " + ", ".join(OPS))
     parser.add_argument("--number", type=int, default=2000, help="iterations per timing")
     parser.add_argument("--repeat", type=int, default=7, help="timings; the minimum is shown")
     parser.add_argument("--cache", choices=[mode.value for mode in CacheMode], default="auto")

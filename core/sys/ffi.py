@@ -238,8 +238,8 @@ assert ffi.sizeof("struct file_handle") == _FILE_HANDLE_HEAD.size
 #: ``open_by_handle_at`` called with the handle as bytes (``struct file_handle`` packed by
 #: :meth:`FileHandle.packed`): cffi passes a ``bytes`` object to a ``const char *`` parameter
 #: as a pointer to its data, where a ``struct file_handle *`` would need a fresh cdata, a cast
-#: and a copy (three times the cost of the system call's own Python overhead).  The kernel only
-#: reads the handle.
+#: and a copy on each call (an inode store of file handles opens one per request).  The kernel
+#: only reads the handle.
 _open_by_handle_at = ffi.cast("int (*)(int, const char *, int)",
                               ffi.addressof(_libc, "open_by_handle_at"))
 #: The functions of the hot paths, bound once (reading them from the library object each call
@@ -247,6 +247,7 @@ _open_by_handle_at = ffi.cast("int (*)(int, const char *, int)",
 _statx = _libc.statx
 _name_to_handle_at = _libc.name_to_handle_at
 _make = os.makedev
+#: Makes a named tuple from a tuple: the class's own ``__new__`` is Python and costs twice as much.
 _tuple_new = tuple.__new__
 _per_thread = threading.local()
 
@@ -272,7 +273,7 @@ class Statx(NamedTuple):
     The first :data:`FUSE_ATTR_FIELDS` fields are those of ``struct fuse_attr``, in its wire
     order and its units (times as whole seconds and nanoseconds, as statx gives them): an
     attribute reply packs them as they are, without a conversion per field
-    (:mod:`virtiofsd.fuse.replies`; LOOKUP and GETATTR, the hottest requests, each make one).
+    (:mod:`virtiofsd.fuse.replies`; LOOKUP, the hottest request of a tree walk, makes one).
 
     Read by name it is an ``os.stat_result`` of the same inode: the ``st_*`` fields and
     properties have the same values (``st_dev`` and ``st_rdev`` in glibc's encoding, float

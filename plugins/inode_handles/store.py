@@ -62,8 +62,7 @@ log = logging.getLogger(__name__)
 
 #: How a strategy opens a host inode it keeps as a descriptor.
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-#: statx of a held descriptor itself (an O_PATH one of a symlink describes the link).
-STATX_FLAGS = ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW
+_STATX_FLAGS = ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW
 
 
 class HandleUse(str, enum.Enum):
@@ -215,7 +214,7 @@ class InodeStore:
                               f"{exc.strerror}") from exc
         mount_fds = None
         try:
-            root = ffi.statx(fd, b"", STATX_FLAGS)
+            root = ffi.statx(fd, b"", _STATX_FLAGS)
             if handles is not HandleUse.NEVER:
                 mount_fds = MountFds()
                 problem = _handle_problem(fd, root, mount_fds)
@@ -260,7 +259,7 @@ class InodeStore:
             file system without export support).
         """
         try:
-            found = ffi.statx(path_fd, b"", STATX_FLAGS)
+            found = ffi.statx(path_fd, b"", _STATX_FLAGS)
             if self._uses_handles:
                 handle, mount_fd = self._handle_of(path_fd, found)
             else:
@@ -354,8 +353,7 @@ class InodeStore:
 
     def _forget_locked(self, inode: Inode, nlookup: int) -> None:
         """Lower the count of ``inode`` (in the table); at zero it leaves the table and its
-        indexes, unless it is the root.  Its descriptor closes when the caller drops the last
-        reference, after the lock is released."""
+        indexes, unless it is the root."""
         count = inode.refcount - nlookup
         if count > 0:
             inode.refcount = count
@@ -409,7 +407,7 @@ class InodeStore:
         :raises FuseError: ENFILE when the budget is spent (``fd`` is closed).
         """
         try:
-            mnt_id = ffi.statx(fd, b"", STATX_FLAGS).mnt_id
+            mnt_id = ffi.statx(fd, b"", _STATX_FLAGS).mnt_id
             self.fd_budget.charge("a migrated inode")
         except BaseException:
             os.close(fd)
