@@ -67,23 +67,13 @@ def attr_values(st: Any, attr_flags: int = 0) -> tuple[int, ...]:
     Times before 1970 are negative; the kernel reads the seconds as signed, so they are sent as
     two's complement.  ``st_rdev`` is glibc's dev_t encoding, which equals the kernel's 32-bit
     ``new_encode_dev`` form for every major and minor below 4096 and 256, as the kernel expects.
-    An ``os.stat_result`` (GETATTR's) is read by position where it can be: its first ten items
-    are cheaper than its attributes, and items 7 to 9 are the whole seconds of the times.
     """
-    if type(st) is os.stat_result:
-        mode, ino, _dev, nlink, uid, gid, size, atime, mtime, ctime = st
-        atime_ns = st.st_atime_ns - atime * _NS
-        mtime_ns = st.st_mtime_ns - mtime * _NS
-        ctime_ns = st.st_ctime_ns - ctime * _NS
-    else:
-        ino, size, mode, nlink, uid, gid = (st.st_ino, st.st_size, st.st_mode, st.st_nlink,
-                                            st.st_uid, st.st_gid)
-        atime, atime_ns = divmod(st.st_atime_ns, _NS)
-        mtime, mtime_ns = divmod(st.st_mtime_ns, _NS)
-        ctime, ctime_ns = divmod(st.st_ctime_ns, _NS)
+    atime, atime_ns = divmod(st.st_atime_ns, _NS)
+    mtime, mtime_ns = divmod(st.st_mtime_ns, _NS)
+    ctime, ctime_ns = divmod(st.st_ctime_ns, _NS)
     return (
-        ino,
-        size,
+        st.st_ino,
+        st.st_size,
         st.st_blocks,
         atime & _U64,
         mtime & _U64,
@@ -91,10 +81,10 @@ def attr_values(st: Any, attr_flags: int = 0) -> tuple[int, ...]:
         atime_ns,
         mtime_ns,
         ctime_ns,
-        mode,
-        nlink & _U32,
-        uid,
-        gid,
+        st.st_mode,
+        st.st_nlink & _U32,
+        st.st_uid,
+        st.st_gid,
         st.st_rdev & _U32,
         st.st_blksize,
         attr_flags,
