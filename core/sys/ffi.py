@@ -333,13 +333,15 @@ class _ThreadBuffers:
     cdata allocation costs as much as the Python overhead of the system call itself.  Each is a
     ``bytearray`` (``struct`` unpacks those fastest) seen by C through a cdata pointer."""
 
-    __slots__ = ("statx", "statx_data", "handle", "handle_data", "mount_id")
+    __slots__ = ("statx", "statx_data", "handle", "handle_data", "handle_view", "mount_id")
 
     def __init__(self) -> None:
         self.statx_data = bytearray(ffi.sizeof("struct statx"))
         self.statx = ffi.from_buffer("struct statx *", self.statx_data)
         self.handle_data = bytearray(_FILE_HANDLE_SIZE)
         self.handle = ffi.from_buffer("struct file_handle *", self.handle_data)
+        #: Copies out the handle bytes with one copy (a bytearray slice makes two).
+        self.handle_view = memoryview(self.handle_data)
         self.mount_id = ffi.new("int *")
 
 
@@ -362,7 +364,8 @@ def name_to_handle_at(dirfd: int, path: bytes, flags: int) -> tuple[FileHandle, 
         _raise("name_to_handle_at", dirfd, path, flags)
     size, handle_type = _FILE_HANDLE_HEAD.unpack_from(data)
     start = _FILE_HANDLE_HEAD.size
-    return FileHandle(handle_type, bytes(data[start:start + size])), buffers.mount_id[0]
+    handle = buffers.handle_view[start:start + size].tobytes()
+    return _tuple_new(FileHandle, (handle_type, handle)), buffers.mount_id[0]
 
 
 def open_by_handle_at(mount_fd: int, handle: FileHandle, flags: int) -> int:
