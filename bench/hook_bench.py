@@ -7,8 +7,8 @@ No daemon, no rings: the bench builds the plugin manager the daemon builds (the 
 system and the chosen inode store over a fresh folder), resolves each hook the way the router
 does (:func:`virtiofsd.manager.resolve_hook`), and calls it with keyword arguments followed by
 the reply's ``encode()``, which is exactly what the router does between decoding a request and
-writing its reply.  What it leaves out (the ring walk, header decode, reply write) is the same
-for every opcode and is measured by ``socket_bench.py``.
+writing its reply.  What it leaves out (the ring walk, header decode, reply write) costs about
+the same for each of these opcodes and is measured by ``socket_bench.py``.
 
 Each operation is timed with ``timeit`` over ``--number`` iterations, ``--repeat`` times, in CPU
 time of the calling thread (user and system, as the daemon's CPU per request in

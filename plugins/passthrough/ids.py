@@ -24,14 +24,30 @@ _UNCHANGED_CREDENTIALS = contextlib.nullcontext()
 
 class GuestStat:
     """A stat result with the owner replaced by the guest's view of it; every other field is
-    the host's."""
+    the host's.
 
-    __slots__ = ("_host", "st_uid", "st_gid")
+    The fields an attribute reply reads (:class:`virtiofsd.fuse.replies.StatLike`) are copied
+    in: read through ``__getattr__`` one by one, they cost twice as much as the rest of a
+    GETATTR.  Any other field is read from the host's result when asked for.
+    """
+
+    __slots__ = ("_host", "st_uid", "st_gid", "st_ino", "st_size", "st_blocks", "st_atime_ns",
+                 "st_mtime_ns", "st_ctime_ns", "st_mode", "st_nlink", "st_rdev", "st_blksize")
 
     def __init__(self, host: Any, uid: int, gid: int) -> None:
         self._host = host
         self.st_uid = uid
         self.st_gid = gid
+        self.st_ino = host.st_ino
+        self.st_size = host.st_size
+        self.st_blocks = host.st_blocks
+        self.st_atime_ns = host.st_atime_ns
+        self.st_mtime_ns = host.st_mtime_ns
+        self.st_ctime_ns = host.st_ctime_ns
+        self.st_mode = host.st_mode
+        self.st_nlink = host.st_nlink
+        self.st_rdev = host.st_rdev
+        self.st_blksize = host.st_blksize
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host, name)
