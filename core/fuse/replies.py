@@ -2,8 +2,11 @@
 
 A FUSE operation hook returns one of these objects (or ``bytes`` for replies whose body is raw
 data, ``b""`` for an empty success).  The router encodes the result into the device-writable part
-of the descriptor chain.  Attributes come straight from ``os.stat_result`` (or anything with the
-same ``st_*`` fields), so a passthrough plugin hands over what ``os.stat`` gave it without copying.
+of the descriptor chain.  Attributes come from anything with the ``st_*`` fields of an
+``os.stat_result`` (an ``os.stat_result`` itself fits), so a plugin hands over what it has without
+copying.  A :class:`virtiofsd.sys.ffi.Statx` (what the passthrough file system's LOOKUP gets
+from ``statx``) is packed without reading a field by name: its first fields are ``fuse_attr``'s,
+in wire order and units.
 
 Encoders are module functions over precompiled structs: they run once per request on the hot path.
 """
@@ -12,13 +15,22 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 from typing import Any, Protocol
 
 from virtiofsd.fuse import abi
+from virtiofsd.sys.ffi import FUSE_ATTR_FIELDS, Statx
 
 _NS = 1_000_000_000
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
+
+#: ``fuse_entry_out`` and ``fuse_attr_out`` as packed from a :class:`Statx`: the seconds of the
+#: three times are signed there (a time before 1970 goes out as the two's complement the kernel
+#: reads as signed), everything else is ``abi.ENTRY_OUT`` and ``abi.ATTR_OUT``.
+_ENTRY_OUT_STATX = struct.Struct("<QQQQII" + "QQQqqqIIIIIIIIII")
+_ATTR_OUT_STATX = struct.Struct("<QII" + "QQQqqqIIIIIIIIII")
+assert _ENTRY_OUT_STATX.size == abi.ENTRY_OUT.size and _ATTR_OUT_STATX.size == abi.ATTR_OUT.size
 
 
 class StatLike(Protocol):
@@ -106,13 +118,17 @@ class EntryReply:
         self.attr_flags = attr_flags
 
     def encode(self) -> bytes:
+        st = self.st
         entry_s, entry_ns = split_timeout(self.entry_timeout)
         attr_s, attr_ns = split_timeout(self.attr_timeout)
-        if self.st is None:
+        if type(st) is Statx:
+            return _ENTRY_OUT_STATX.pack(self.nodeid, self.generation, entry_s, attr_s, entry_ns,
+                                         attr_ns, *st[:FUSE_ATTR_FIELDS], self.attr_flags)
+        if st is None:
             return abi.ENTRY_OUT.pack(self.nodeid, self.generation, entry_s, attr_s, entry_ns,
                                       attr_ns, *([0] * 16))
         return abi.ENTRY_OUT.pack(self.nodeid, self.generation, entry_s, attr_s, entry_ns, attr_ns,
-                                  *attr_values(self.st, self.attr_flags))
+                                  *attr_values(st, self.attr_flags))
 
 
 class AttrReply:
@@ -126,8 +142,11 @@ class AttrReply:
         self.attr_flags = attr_flags
 
     def encode(self) -> bytes:
+        st = self.st
         seconds, nanos = split_timeout(self.timeout)
-        return abi.ATTR_OUT.pack(seconds, nanos, 0, *attr_values(self.st, self.attr_flags))
+        if type(st) is Statx:
+            return _ATTR_OUT_STATX.pack(seconds, nanos, 0, *st[:FUSE_ATTR_FIELDS], self.attr_flags)
+        return abi.ATTR_OUT.pack(seconds, nanos, 0, *attr_values(st, self.attr_flags))
 
 
 class OpenReply:

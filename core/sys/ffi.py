@@ -27,7 +27,7 @@ import platform
 import struct
 import threading
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cffi
 
@@ -106,11 +106,29 @@ def _raise(call: str, *args: object) -> None:
     raise OSError(err, f"{os.strerror(err)}: {call}({shown})")
 
 
+def _syscall_as(prototype: str) -> Any:
+    """``syscall(2)``, callable with the fixed ``prototype`` of one system call.
+
+    cffi calls a variadic function with cdata arguments only and builds its call type on each
+    call (an ``ffi.cast`` per integer, an ``ffi.new`` per string): that costs more than the
+    system call itself on hot paths (LOOKUP's openat2, the credential switch of CREATE).
+    Through a fixed prototype, ints and ``bytes`` (passed as a pointer to their data, no copy)
+    go straight to registers.  That is sound on every architecture we run on (x86-64, aarch64,
+    riscv64): integer and pointer arguments of a variadic call travel in the same registers as
+    those of a fixed call, and glibc's syscall() only moves registers.
+    """
+    return ffi.cast(prototype, ffi.addressof(_libc, "syscall"))
+
+
+#: setresuid/setresgid(number, r, e, s): ids as longs, as the variadic call passed them.
+_id_syscall = _syscall_as("long (*)(long, long, long, long)")
+_groups_syscall = _syscall_as("long (*)(long, long, unsigned int *)")
+
+
 def _credential_syscall(index: int, call: str, *args: int) -> None:
     if _SYSCALLS is None:
         raise OSError(errno.ENOSYS, f"{call}: no syscall number known for {platform.machine()}")
-    number = _SYSCALLS[index]
-    if _libc.syscall(number, *(ffi.cast("long", arg) for arg in args)) != 0:
+    if _id_syscall(_SYSCALLS[index], *args) != 0:
         _raise(call, *args)
 
 
@@ -129,7 +147,7 @@ def setgroups_thread(groups: Sequence[int]) -> None:
     if _SYSCALLS is None:
         raise OSError(errno.ENOSYS, f"setgroups: no syscall number known for {platform.machine()}")
     array = ffi.new("unsigned int[]", list(groups)) if groups else ffi.NULL
-    if _libc.syscall(_SYSCALLS[0], ffi.cast("long", len(groups)), ffi.cast("void *", array)) != 0:
+    if _groups_syscall(_SYSCALLS[0], len(groups), array) != 0:
         _raise("setgroups", list(groups))
 
 
@@ -213,6 +231,24 @@ AT_STATX_SYNC_AS_STAT = 0
 #: attribute words skipped), rdev and dev majors and minors, mount id).
 _STATX_LAYOUT = struct.Struct("=II8xIIIH2xQQQ8xqI4x16xqI4xqI4xIIIIQ")
 assert ffi.sizeof("struct statx") == 256 and _STATX_LAYOUT.size == 152
+#: The head of ``struct file_handle``: handle_bytes, handle_type.
+_FILE_HANDLE_HEAD = struct.Struct("=Ii")
+_FILE_HANDLE_SIZE = _FILE_HANDLE_HEAD.size + MAX_HANDLE_SZ
+assert ffi.sizeof("struct file_handle") == _FILE_HANDLE_HEAD.size
+#: ``open_by_handle_at`` called with the handle as bytes (``struct file_handle`` packed by
+#: :meth:`FileHandle.packed`): cffi passes a ``bytes`` object to a ``const char *`` parameter
+#: as a pointer to its data, where a ``struct file_handle *`` would need a fresh cdata, a cast
+#: and a copy on each call (an inode store of file handles opens one per request).  The kernel
+#: only reads the handle.
+_open_by_handle_at = ffi.cast("int (*)(int, const char *, int)",
+                              ffi.addressof(_libc, "open_by_handle_at"))
+#: The functions of the hot paths, bound once (reading them from the library object each call
+#: costs a sixth of the call).
+_statx = _libc.statx
+_name_to_handle_at = _libc.name_to_handle_at
+_make = os.makedev
+#: Makes a named tuple from a tuple: the class's own ``__new__`` is Python and costs twice as much.
+_tuple_new = tuple.__new__
 _per_thread = threading.local()
 
 
@@ -226,12 +262,87 @@ class FileHandle(NamedTuple):
     handle_type: int
     handle: bytes
 
+    def packed(self) -> bytes:
+        """The ``struct file_handle`` the kernel reads, header and handle bytes."""
+        return _FILE_HANDLE_HEAD.pack(len(self.handle), self.handle_type) + self.handle
 
-class StatxResult(NamedTuple):
-    """``statx`` as an ``os.stat_result`` (what attribute replies take) and the mount id."""
 
-    st: os.stat_result
+class Statx(NamedTuple):
+    """What ``statx(2)`` reports about an inode, with its mount id.
+
+    The first :data:`FUSE_ATTR_FIELDS` fields are those of ``struct fuse_attr``, in its wire
+    order and its units (times as whole seconds and nanoseconds, as statx gives them): an
+    attribute reply packs them as they are, without a conversion per field
+    (:mod:`virtiofsd.fuse.replies`; LOOKUP, the hottest request of a tree walk, makes one).
+
+    Read by name it is an ``os.stat_result`` of the same inode: the ``st_*`` fields and
+    properties have the same values (``st_dev`` and ``st_rdev`` in glibc's encoding, float
+    times as ``os.stat`` computes them); only the positions differ, so index it by name.
+    """
+
+    st_ino: int
+    st_size: int
+    st_blocks: int
+    atime_sec: int
+    mtime_sec: int
+    ctime_sec: int
+    atime_nsec: int
+    mtime_nsec: int
+    ctime_nsec: int
+    st_mode: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_rdev: int
+    st_blksize: int
+    st_dev: int
+    #: The mount id (``STATX_MNT_ID``); 0 when the kernel does not report it (before 5.8).
     mnt_id: int
+
+    @property
+    def st_atime_ns(self) -> int:
+        return self.atime_sec * _NS + self.atime_nsec
+
+    @property
+    def st_mtime_ns(self) -> int:
+        return self.mtime_sec * _NS + self.mtime_nsec
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.ctime_sec * _NS + self.ctime_nsec
+
+    @property
+    def st_atime(self) -> float:
+        return self.atime_sec + self.atime_nsec * 1e-9
+
+    @property
+    def st_mtime(self) -> float:
+        return self.mtime_sec + self.mtime_nsec * 1e-9
+
+    @property
+    def st_ctime(self) -> float:
+        return self.ctime_sec + self.ctime_nsec * 1e-9
+
+
+#: How many leading fields of :class:`Statx` are ``struct fuse_attr``'s (all but its flags).
+FUSE_ATTR_FIELDS = 15
+
+
+class _ThreadBuffers:
+    """One thread's output buffers for statx and name_to_handle_at, made on its first call: a
+    cdata allocation costs as much as the Python overhead of the system call itself.  Each is a
+    ``bytearray`` (``struct`` unpacks those fastest) seen by C through a cdata pointer."""
+
+    __slots__ = ("statx", "statx_data", "handle", "handle_data", "handle_view", "mount_id")
+
+    def __init__(self) -> None:
+        self.statx_data = bytearray(ffi.sizeof("struct statx"))
+        self.statx = ffi.from_buffer("struct statx *", self.statx_data)
+        self.handle_data = bytearray(_FILE_HANDLE_SIZE)
+        self.handle = ffi.from_buffer("struct file_handle *", self.handle_data)
+        #: Copies out the handle bytes with one copy (a bytearray slice makes two).
+        self.handle_view = memoryview(self.handle_data)
+        self.mount_id = ffi.new("int *")
 
 
 def name_to_handle_at(dirfd: int, path: bytes, flags: int) -> tuple[FileHandle, int]:
@@ -243,14 +354,18 @@ def name_to_handle_at(dirfd: int, path: bytes, flags: int) -> tuple[FileHandle, 
     :raises OSError: EOPNOTSUPP when the file system cannot make handles, EOVERFLOW if a handle
         exceeds ``MAX_HANDLE_SZ``, or what resolving ``path`` fails with.
     """
-    buffer = ffi.new("char[]", ffi.sizeof("struct file_handle") + MAX_HANDLE_SZ)
-    handle = ffi.cast("struct file_handle *", buffer)
-    handle.handle_bytes = MAX_HANDLE_SZ
-    mount_id = ffi.new("int *")
-    if _libc.name_to_handle_at(dirfd, path, handle, mount_id, flags) != 0:
+    try:
+        buffers = _per_thread.buffers
+    except AttributeError:
+        buffers = _per_thread.buffers = _ThreadBuffers()
+    data = buffers.handle_data
+    _FILE_HANDLE_HEAD.pack_into(data, 0, MAX_HANDLE_SZ, 0)
+    if _name_to_handle_at(dirfd, path, buffers.handle, buffers.mount_id, flags) != 0:
         _raise("name_to_handle_at", dirfd, path, flags)
-    data = bytes(ffi.buffer(handle.f_handle, handle.handle_bytes))
-    return FileHandle(handle.handle_type, data), mount_id[0]
+    size, handle_type = _FILE_HANDLE_HEAD.unpack_from(data)
+    start = _FILE_HANDLE_HEAD.size
+    handle = buffers.handle_view[start:start + size].tobytes()
+    return _tuple_new(FileHandle, (handle_type, handle)), buffers.mount_id[0]
 
 
 def open_by_handle_at(mount_fd: int, handle: FileHandle, flags: int) -> int:
@@ -261,46 +376,33 @@ def open_by_handle_at(mount_fd: int, handle: FileHandle, flags: int) -> int:
     :raises OSError: EPERM without CAP_DAC_READ_SEARCH, ESTALE when the inode no longer exists,
         ELOOP when ``flags`` lacks ``O_PATH`` and the inode is a symlink.
     """
-    buffer = ffi.new("char[]", ffi.sizeof("struct file_handle") + len(handle.handle))
-    raw = ffi.cast("struct file_handle *", buffer)
-    raw.handle_bytes = len(handle.handle)
-    raw.handle_type = handle.handle_type
-    ffi.memmove(raw.f_handle, handle.handle, len(handle.handle))
-    fd = _libc.open_by_handle_at(mount_fd, raw, flags)
+    fd = _open_by_handle_at(mount_fd, handle.packed(), flags)
     if fd < 0:
         _raise("open_by_handle_at", mount_fd, handle.handle_type, flags)
     return fd
 
 
 def statx(dirfd: int, path: bytes, flags: int,
-          mask: int = STATX_BASIC_STATS | STATX_MNT_ID) -> StatxResult:
+          mask: int = STATX_BASIC_STATS | STATX_MNT_ID) -> Statx:
     """statx(2) of ``path`` in ``dirfd`` (``b""`` with ``AT_EMPTY_PATH``: ``dirfd`` itself).
 
     The mount id is 0 when the kernel does not report it (before Linux 5.8); everything else
     is what ``os.stat`` would give (same ``st_dev`` encoding).
     """
-    buffers = getattr(_per_thread, "statx", None)
-    if buffers is None:
-        buffer = ffi.new("struct statx *")
-        buffers = _per_thread.statx = (buffer, ffi.buffer(buffer))
-    if _libc.statx(dirfd, path, flags, mask, buffers[0]) != 0:
+    try:
+        buffers = _per_thread.buffers
+    except AttributeError:
+        buffers = _per_thread.buffers = _ThreadBuffers()
+    if _statx(dirfd, path, flags, mask, buffers.statx) != 0:
         _raise("statx", dirfd, path, flags, mask)
-    # One unpack of the raw struct: reading 20 fields through cffi costs three times as much,
-    # and LOOKUP, the hottest request of a tree walk, does this once.
+    # One unpack of the raw struct: reading 20 fields through cffi costs three times as much.
     (got, blksize, nlink, uid, gid, mode, ino, size, blocks, atime, atime_nsec, ctime,
      ctime_nsec, mtime, mtime_nsec, rdev_major, rdev_minor, dev_major, dev_minor,
-     mnt_id) = _STATX_LAYOUT.unpack_from(buffers[1])
-    atime_ns = atime * _NS + atime_nsec
-    mtime_ns = mtime * _NS + mtime_nsec
-    ctime_ns = ctime * _NS + ctime_nsec
-    st = os.stat_result((
-        mode, ino, os.makedev(dev_major, dev_minor), nlink, uid, gid, size,
-        atime, mtime, ctime, atime_ns / _NS, mtime_ns / _NS, ctime_ns / _NS,
-        atime_ns, mtime_ns, ctime_ns, blksize, blocks, os.makedev(rdev_major, rdev_minor),
-    ))
-    if not got & STATX_MNT_ID:
-        mnt_id = 0
-    return StatxResult(st, mnt_id)
+     mnt_id) = _STATX_LAYOUT.unpack_from(buffers.statx_data)
+    return _tuple_new(Statx, (
+        ino, size, blocks, atime, mtime, ctime, atime_nsec, mtime_nsec, ctime_nsec, mode, nlink,
+        uid, gid, _make(rdev_major, rdev_minor), blksize, _make(dev_major, dev_minor),
+        mnt_id if got & STATX_MNT_ID else 0))
 
 
 # --- Sandbox: mount, umount2, pivot_root (unshare is above) ----------------------------------
@@ -376,7 +478,9 @@ openat2_available = True
 #: ``struct open_how`` per (flags, mode, resolve): callers use a handful, and building one costs
 #: more than the system call.  Read-only once built, so threads may share them.
 _open_hows: dict[tuple[int, int, int], object] = {}
-_OPEN_HOW_SIZE = ffi.cast("long", ffi.sizeof("struct open_how"))
+_OPEN_HOW_SIZE = ffi.sizeof("struct open_how")
+#: openat2(number, dirfd, path, how, size), the path a ``bytes`` (see :func:`_syscall_as`).
+_openat2_syscall = _syscall_as("long (*)(long, int, const char *, struct open_how *, size_t)")
 
 
 def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
@@ -388,13 +492,11 @@ def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int
     :data:`openat2_available` is False.
     """
     global openat2_available
-    key = (flags, mode, resolve)
-    how = _open_hows.get(key)
+    how = _open_hows.get((flags, mode, resolve))
     if how is None:
-        how = _open_hows[key] = ffi.new("struct open_how *",
-                                        {"flags": flags, "mode": mode, "resolve": resolve})
-    c_path = ffi.new("char[]", path)  # kept alive by this name for the duration of the call
-    fd = _libc.syscall(_SYS_OPENAT2, ffi.cast("long", dirfd), c_path, how, _OPEN_HOW_SIZE)
+        how = _open_hows[flags, mode, resolve] = ffi.new(
+            "struct open_how *", {"flags": flags, "mode": mode, "resolve": resolve})
+    fd = _openat2_syscall(_SYS_OPENAT2, dirfd, path, how, _OPEN_HOW_SIZE)
     if fd < 0:
         if ffi.errno == errno.ENOSYS:
             openat2_available = False

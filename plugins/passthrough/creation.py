@@ -29,17 +29,19 @@ _DONT_MASK = int(abi.InitFlag.DONT_MASK)
 _SECURITY_CTX = int(abi.InitFlag.SECURITY_CTX)
 
 
+def as_creator(state: Any, req: Any, umask: int | None) -> contextlib.AbstractContextManager[None]:
+    """A context that runs a creation as the caller (with its host ids, ``--translate-uid/gid``),
+    with the guest's ``umask`` when the session sends modes unmasked (``None``: SYMLINK, which
+    has no mode)."""
+    if umask is not None and req.session.flags & _DONT_MASK:
+        return _as_creator_with_umask(state, req, umask)
+    return state.ids.acting_as_caller(req)
+
+
 @contextlib.contextmanager
-def as_creator(state: Any, req: Any, umask: int | None) -> Iterator[None]:
-    """Run a creation as the caller (with its host ids, ``--translate-uid/gid``), with the
-    guest's ``umask`` when the session sends modes unmasked (``None``: SYMLINK, which has no
-    mode)."""
-    with state.ids.acting_as_caller(req):
-        if umask is not None and req.session.flags & _DONT_MASK:
-            with thread_umask(umask):
-                yield
-        else:
-            yield
+def _as_creator_with_umask(state: Any, req: Any, umask: int) -> Iterator[None]:
+    with state.ids.acting_as_caller(req), thread_umask(umask):
+        yield
 
 
 def security_context(state: Any, req: Any) -> tuple[bytes, bytes] | None:

@@ -29,6 +29,7 @@ from virtiofsd.fuse.replies import EMPTY, CreateReply, LseekReply, OpenReply, Wr
 from virtiofsd.sys import ffi
 from virtiofsd.sys.credentials import without_fsetid
 from virtiofsd_plugins.passthrough.creation import as_creator, security_context
+from virtiofsd_plugins.passthrough.locks import LockOps
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
@@ -51,12 +52,17 @@ _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 _WHENCES = frozenset((os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE))
 
 class FileOps:
-    """The open-file operations of one passthrough file system."""
+    """The open-file operations of one passthrough file system.
 
-    def __init__(self, state: PassthroughState) -> None:
+    Closing a file ends its locks: FLUSH and RELEASE tell the lock operations first (a direct
+    call, so each of these hooks has one implementation and the router calls it directly).
+    """
+
+    def __init__(self, state: PassthroughState, locks: LockOps) -> None:
         self._state = state
         self._inodes = state.inodes
         self._handles = state.handles
+        self._locks = locks
 
     @hookimpl
     def virtiofsd_fuse_open(self, req: Any, nodeid: int, flags: int, open_flags: int) -> Any:
@@ -200,14 +206,17 @@ class FileOps:
 
     @hookimpl
     def virtiofsd_fuse_flush(self, req: Any, nodeid: int, fh: int, lock_owner: int) -> Any:
-        """close(2) of a duplicate: what the guest's close does to its file, the host's file
-        system sees (NFS flushes, for one), while the handle stays open."""
+        """The owner's POSIX locks go, then close(2) of a duplicate: what the guest's close
+        does to its file, the host's file system sees (NFS flushes, for one), while the handle
+        stays open."""
+        self._locks.owner_closed(nodeid, lock_owner)
         os.close(os.dup(self._handles.get(fh, nodeid).fd))
         return EMPTY
 
     @hookimpl
     def virtiofsd_fuse_release(self, req: Any, nodeid: int, fh: int, flags: int,
                                release_flags: int, lock_owner: int) -> Any:
+        self._locks.handle_released(nodeid, fh, release_flags)
         self._handles.remove(fh, nodeid)
         return EMPTY
 

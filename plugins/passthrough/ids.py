@@ -18,16 +18,36 @@ from virtiofsd.errors import FuseError
 from virtiofsd.idmap import ForbiddenIdError, IdTranslation, parse_translation
 from virtiofsd.sys.credentials import thread_credentials
 
+#: The context of a creation by host root: nothing to switch (stateless, so shared).
+_UNCHANGED_CREDENTIALS = contextlib.nullcontext()
+
+
 class GuestStat:
     """A stat result with the owner replaced by the guest's view of it; every other field is
-    the host's."""
+    the host's.
 
-    __slots__ = ("_host", "st_uid", "st_gid")
+    The fields an attribute reply reads (:class:`virtiofsd.fuse.replies.StatLike`) are copied
+    in: read through ``__getattr__`` one by one, they cost twice as much as the rest of a
+    GETATTR.  Any other field is read from the host's result when asked for.
+    """
+
+    __slots__ = ("_host", "st_uid", "st_gid", "st_ino", "st_size", "st_blocks", "st_atime_ns",
+                 "st_mtime_ns", "st_ctime_ns", "st_mode", "st_nlink", "st_rdev", "st_blksize")
 
     def __init__(self, host: Any, uid: int, gid: int) -> None:
         self._host = host
         self.st_uid = uid
         self.st_gid = gid
+        self.st_ino = host.st_ino
+        self.st_size = host.st_size
+        self.st_blocks = host.st_blocks
+        self.st_atime_ns = host.st_atime_ns
+        self.st_mtime_ns = host.st_mtime_ns
+        self.st_ctime_ns = host.st_ctime_ns
+        self.st_mode = host.st_mode
+        self.st_nlink = host.st_nlink
+        self.st_rdev = host.st_rdev
+        self.st_blksize = host.st_blksize
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host, name)
@@ -74,15 +94,22 @@ class IdMapper:
             groups = tuple(self._allowed_host_groups(groups))
         return uid, gid, groups
 
-    @contextlib.contextmanager
-    def acting_as_caller(self, req: Any) -> Iterator[None]:
-        """Run the block with the calling thread switched to the caller's host credentials."""
+    def acting_as_caller(self, req: Any) -> contextlib.AbstractContextManager[None]:
+        """A context that runs its block with the calling thread switched to the caller's host
+        credentials.  For a caller who is host root (uid and gid 0, no groups) it changes
+        nothing and costs nothing: :func:`thread_credentials` never switches to 0, the daemon's
+        own ids.
+
+        :raises FuseError: EPERM when the caller's uid or gid is forbidden.
+        """
         uid, gid, groups = self.caller(req)
-        with thread_credentials(uid, gid, groups):
-            yield
+        if not (uid or gid or groups):
+            return _UNCHANGED_CREDENTIALS
+        return thread_credentials(uid, gid, groups)
 
     def guest_view(self, st: Any) -> Any:
-        """``st`` as the guest may see it: owners translated host-to-guest."""
+        """``st`` as the guest may see it: owners translated host-to-guest (``st`` itself when
+        no rule maps host ids)."""
         if not self._maps_host_ids:
             return st
         return GuestStat(st, self._uids.to_guest(st.st_uid), self._gids.to_guest(st.st_gid))

@@ -18,13 +18,18 @@ import errno
 from virtiofsd.errors import FuseError
 
 _DOTS = (b".", b"..")
+#: The bytes a component cannot hold, as ints: ``int in bytes`` is one memchr, where
+#: ``bytes in bytes`` first tries the needle as an int and pays for a TypeError (LOOKUP checks
+#: every name).
+_SLASH = ord("/")
+_NUL = 0
 
 
 def check_lookup_name(name: bytes) -> None:
     """Refuse anything but one path component; ``.`` and ``..`` pass."""
     if not name:
         raise FuseError(errno.ENOENT, "empty name")
-    if b"/" in name or b"\0" in name:
+    if _SLASH in name or _NUL in name:
         raise FuseError(errno.EINVAL, f"name {name!r} is not a single path component")
 
 

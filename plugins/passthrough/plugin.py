@@ -8,7 +8,7 @@ operation objects, which share it:
 - ``passthrough.entry_ops``: INIT/DESTROY, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, ACCESS,
   STATFS, and the unconfigure hook that releases the state;
 - ``passthrough.dir_ops``: creating, removing, renaming, reading folders;
-- ``passthrough.file_ops``: open files;
+- ``passthrough.file_ops``: open files (closing one tells the lock operations);
 - ``passthrough.locks``: POSIX record locks and flock(2), held on the host;
 - ``passthrough.xattrs``: extended attributes, when ``--xattr`` (or an option implying it) is
   on, and ``passthrough.capability_guard`` when ``--xattrmap`` renames ``security.capability``;
@@ -45,10 +45,10 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
         raise ConfigError("the passthrough file system needs an inode store "
                           "(--inode-file-handles): no plugin provides one")
     state = PassthroughState.create(config, store, pm.hook.virtiofsd_xattr_to_host)
+    locks = LockOps(state)
     pm.register(EntryOps(state), name="passthrough.entry_ops")
     pm.register(DirOps(state), name="passthrough.dir_ops")
-    pm.register(FileOps(state), name="passthrough.file_ops")
-    locks = LockOps(state)
+    pm.register(FileOps(state, locks), name="passthrough.file_ops")
     pm.register(locks, name="passthrough.locks")
     if config.xattr:
         pm.register(XattrOps(state, pm.hook.virtiofsd_xattr_to_guest, config.posix_acl),

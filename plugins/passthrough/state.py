@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ _CACHE_OPEN_FLAGS = {
 }
 
 _SUBMOUNTS = int(abi.InitFlag.SUBMOUNTS)
+_S_IFDIR = stat.S_IFDIR
 _WRITEBACK_CACHE = int(abi.InitFlag.WRITEBACK_CACHE)
 
 
@@ -143,11 +145,12 @@ class PassthroughState:
         ``st_dev``."""
         inode, st = self.inodes.claim(path_fd)
         attr_flags = 0
-        if (inode.is_dir and self._announce_submounts and req.session.flags & _SUBMOUNTS
+        if (inode.file_type == _S_IFDIR and self._announce_submounts
+                and req.session.flags & _SUBMOUNTS
                 and (inode.key.dev, inode.key.mnt_id) != (parent.key.dev, parent.key.mnt_id)):
             attr_flags = abi.ATTR_SUBMOUNT
-        return EntryReply(inode.nodeid, self.ids.guest_view(st), self.timeout, self.timeout, 0,
-                          attr_flags)
+        timeout = self.timeout
+        return EntryReply(inode.nodeid, self.ids.guest_view(st), timeout, timeout, 0, attr_flags)
 
     def reopen(self, inode: Inode, flags: int) -> int:
         """A new descriptor of ``inode`` opened with ``flags`` through its magic link.

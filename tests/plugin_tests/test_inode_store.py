@@ -238,10 +238,11 @@ def test_equal_handles_on_two_mounts_are_two_inodes(tmp_path):
         fd = os.open("file", O_PATH_FLAGS, dir_fd=store.root.fd)
         found = ffi.statx(fd, b"", ffi.AT_EMPTY_PATH)
         handle, mount_fd = store._handle_of(fd, found)
-        first = store._claim(fd, found.st, found.mnt_id, handle, mount_fd)
-        other_mount = found.mnt_id + 1  # as if another file system gave an equal handle
+        first = store._claim(fd, found, handle, mount_fd)
+        # As if another file system gave an equal handle:
+        on_other_mount = found._replace(mnt_id=found.mnt_id + 1)
         fd = os.open("file", O_PATH_FLAGS, dir_fd=store.root.fd)
-        second = store._claim(fd, found.st, other_mount, handle, mount_fd)
+        second = store._claim(fd, on_other_mount, handle, mount_fd)
         assert second is not first and len(store) == 3
     finally:
         store.close()

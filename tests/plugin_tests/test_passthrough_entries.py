@@ -154,6 +154,24 @@ def _setattr(fs, nodeid, valid, fh=None, mode=0, uid=0, gid=0, size=0, atime_ns=
                                           atime_ns=atime_ns, mtime_ns=mtime_ns)
 
 
+def test_translated_attributes_differ_from_the_host_only_in_the_owner(make_fs, shared):
+    path = shared / "file"
+    path.write_bytes(b"hello")
+    os.chown(path, 2005, 3007)
+    os.utime(path, ns=(-1_500_000_001, 7_000_000_001))
+    fs = make_fs(translate_uid=("map:1000:2000:10",), translate_gid=("map:1000:3000:10",))
+    entry = fs.lookup(b"file")
+    attr = fs.hook.virtiofsd_fuse_getattr(req=fs.req(), nodeid=entry.nodeid, fh=None)
+    host = os.lstat(path)
+    fields = ("st_ino", "st_size", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+              "st_mode", "st_nlink", "st_rdev", "st_blksize", "st_dev", "st_mtime")
+    for st in (entry.st, attr.st):
+        assert (st.st_uid, st.st_gid) == (1005, 1007)
+        assert [getattr(st, name) for name in fields] == [getattr(host, name) for name in fields]
+    seen = abi.ATTR_OUT.unpack(attr.encode())
+    assert seen[3:5] == (host.st_ino, 5) and seen[14:16] == (1005, 1007)
+
+
 def test_setattr_mode_owner_size_and_times_without_a_handle(fs, shared):
     path = shared / "file"
     path.write_bytes(b"0123456789")
