@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/socket_bench.py [--runs 3] [--seconds 1.5] [--ops getattr,read-4k]
         [--depths 1,16] [--daemons ours,rust] [--ours-args "--thread-pool-size 0"] [--no-pin]
+        [--inode-file-handles never|prefer|mandatory|default]
+
+Both daemons get the same ``--inode-file-handles`` (default ``never``, the Rust 1.13.2 default;
+ours defaults to ``prefer``, which opens a file handle per request on GETATTR and READ's inode).
 
 No guest: the bench is the front-end.  It sets the daemon up the way QEMU does (the test
 front-end of :mod:`virtiofsd.testing`), sends FUSE_INIT, then drives the rings itself with a lean
@@ -573,6 +577,11 @@ def main() -> int:
     parser.add_argument("--daemons", default="ours,rust")
     parser.add_argument("--ours-args", default="", help="extra arguments for our daemon")
     parser.add_argument("--rust-args", default="", help="extra arguments for the Rust daemon")
+    parser.add_argument("--inode-file-handles", default="never",
+                        choices=("never", "prefer", "mandatory", "default"),
+                        help="inode store of both daemons (default never: the Rust 1.13.2 "
+                             "default, while ours defaults to prefer; 'default' leaves each "
+                             "daemon its own)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin daemon and bench")
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args()
@@ -582,7 +591,10 @@ def main() -> int:
             parser.error(f"unknown op {op!r}; known: {', '.join(OPERATIONS)}")
     depths = [int(d) for d in args.depths.split(",")]
     kinds = args.daemons.split(",")
-    extra = {kind: shlex.split(args.rust_args if kind.startswith("rust") else args.ours_args)
+    store = ([] if args.inode_file_handles == "default"
+             else [f"--inode-file-handles={args.inode_file_handles}"])
+    extra = {kind: store + shlex.split(args.rust_args if kind.startswith("rust")
+                                       else args.ours_args)
              for kind in kinds}
     if not args.no_pin:
         os.sched_setaffinity(0, {0})
