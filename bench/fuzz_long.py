@@ -10,7 +10,8 @@ whose content is deleted and recreated as the run goes; make it a small tmpfs, a
 
 Draws inputs from the mutators of ``tests/fuzz/targets.py`` with a seeded ``random.Random``
 (so a crash is reproduced by its seed and input number) and feeds them straight to the targets:
-no sockets, no threads.  A fraction ``--ring-share`` of the inputs are random ring layouts, the
+no sockets, no threads.  A fraction ``--ring-share`` of the inputs are random ring layouts (each
+walked by the Python queue and, when it is built, by the compiled one, which must agree), the
 rest FUSE requests.  Every crash is printed with what reproduces it; the run goes on, and the
 exit status is 1 when anything crashed.  The figures to report are the last line.
 """
@@ -56,7 +57,7 @@ def main() -> int:
         counts[kind] += 1
         try:
             if kind == "ring":
-                ring.run(*ring.random_layout(rng))
+                ring.compare(ring.random_layout(rng))
             else:
                 fuse.feed(*mutate_request(rng))
         except Exception as exc:  # every escaping exception is a finding, recorded and counted

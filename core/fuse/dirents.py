@@ -7,7 +7,9 @@ an entry it will not send.
 
 Listing a folder packs every entry, so each record is one ``pack_into`` into one buffer per
 reply: a struct per name length, compiled the first time that length is seen, writes the
-header, the name and the zero padding up to 8 bytes in one call.
+header, the name and the zero padding up to 8 bytes in one call.  A passthrough file system
+hands over what ``getdents64`` wrote (:meth:`DirentBuffer.add_host_records`), which the compiled
+converter (``core/native/dirents.c``) turns into records without a Python step per entry.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from collections.abc import Callable, Iterable
 
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EntryReply
+from virtiofsd.native import ffi, lib
+from virtiofsd.sys.dirents64 import parse_dirents64
 
 _ZERO_ENTRY = bytes(abi.ENTRY_OUT.size)
 _INITIAL_SIZE = 16 * 1024
+_pack_dirents = lib.vfs_pack_dirents if lib is not None else None
 
 
 class _RecordLayouts(dict[int, tuple[int, Callable[..., None]]]):
@@ -91,6 +96,34 @@ class DirentBuffer:
             used = end
         self._used = used
         return True
+
+    def add_host_records(self, records: bytes | bytearray | memoryview) -> bool:
+        """Append a READDIR record for each ``linux_dirent64`` record in ``records`` (what
+        ``getdents64`` wrote), as ``add_all(parse_dirents64(records))`` does, in one compiled
+        loop when it is built.
+
+        :returns: False when a record did not fit (the reply is full), True when all did.
+        :raises ValueError: a record has an impossible length (the READDIR fails).
+        """
+        if _pack_dirents is None:
+            return self.add_all(parse_dirents64(records))
+        counts = ffi.new("uint64_t[3]")  # consumed, produced, needed
+        start = 0
+        with ffi.from_buffer(records) as source:
+            while True:
+                with ffi.from_buffer(self._buffer) as target:  # released before a resize
+                    status = _pack_dirents(source + start, len(records) - start,
+                                           target + self._used, len(self._buffer) - self._used,
+                                           counts, counts + 1, counts + 2)
+                self._used += counts[1]
+                start += counts[0]
+                if status == lib.VFS_DIRENTS_DONE:
+                    return True
+                if status == lib.VFS_DIRENTS_BAD:
+                    raise ValueError(f"linux_dirent64 at byte {start} of {len(records)} has an "
+                                     "impossible length")
+                if not self._make_room(self._used + counts[2]):
+                    return False
 
     def _make_room(self, end: int) -> bool:
         """Grow the buffer to hold ``end`` bytes; False when that is more than ``capacity``."""

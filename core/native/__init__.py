@@ -1,9 +1,10 @@
-"""The compiled virtqueue path, when it was built.
+"""The compiled hot paths, when they were built.
 
-``lib`` and ``ffi`` are the cffi module built from ``split_ring.c`` and ``ring_io.c`` by
-:mod:`build` at install time, or ``None`` when it was not built (a checkout nobody installed, a
-machine without a C compiler): the pure-Python queue in :mod:`virtiofsd.virtio.split_queue`
-then does the same work, more slowly.  ``VIRTIOFSD_PURE_PYTHON=1`` in the environment chooses
+``lib`` and ``ffi`` are the cffi module built from ``split_ring.c``, ``ring_io.c`` and
+``dirents.c`` by :mod:`build` at install time, or ``None`` when it was not built (a checkout
+nobody installed, a machine without a C compiler): the Python code each replaces
+(:mod:`virtiofsd.virtio.split_queue`, :mod:`virtiofsd.fuse.dirents`) then does the same work,
+more slowly.  ``VIRTIOFSD_PURE_PYTHON=1`` in the environment chooses
 the Python path on purpose (to compare the two, or to rule the compiled one out).
 """
 

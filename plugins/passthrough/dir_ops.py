@@ -174,7 +174,7 @@ class DirOps:
         out = DirentBuffer(size)
         with handle.lock:
             for records in host_records(handle.fd, offset, size):
-                if not out.add_all(parse_dirents64(records)):
+                if not out.add_host_records(records):
                     break
         return out.getvalue()
 

@@ -4,13 +4,16 @@ and where a reply stops."""
 from __future__ import annotations
 
 import os
+import random
 import stat
+import struct
 
 import pytest
 
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.dirents import DirentBuffer
 from virtiofsd.fuse.replies import EntryReply
+from virtiofsd.sys.dirents64 import parse_dirents64
 
 NAME_LENGTHS = [*range(1, 18), 100, 253, 255, 256, 1000]
 
@@ -110,3 +113,45 @@ def test_readdirplus_records_beyond_the_first_allocation():
     assert count == capacity // abi.direntplus_size(len(name))
     assert out.getvalue() == b"".join(direntplus(bytes(abi.ENTRY_OUT.size), 1, index, 8, name)
                                       for index in range(count))
+
+
+# --- getdents64 output straight to records (the compiled converter and its Python reference) --
+
+
+def host_record(ino: int, offset: int, dtype: int, name: bytes, garbage: bytes = b"") -> bytes:
+    """One ``linux_dirent64`` as getdents64 writes it: the padding after the name's NUL holds
+    whatever the buffer held before (``garbage``)."""
+    body = struct.pack("=QqHB", ino, offset, 0, dtype) + name + b"\0" + garbage
+    size = (len(body) + 7) & ~7
+    body += bytes(size - len(body))
+    return body[:16] + struct.pack("=H", size) + body[18:]
+
+
+def random_listing(rng: random.Random, count: int) -> list[tuple[int, int, int, bytes]]:
+    return [(rng.randrange(1 << 64), rng.randrange(1 << 63), rng.randrange(16),
+             bytes(rng.choice(b"abcdefgh\xff\x01") for _ in range(rng.choice((1, 7, 8, 60, 255)))))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_host_records_pack_as_the_python_reference_does(seed):
+    """Whole pages of host records, with leftovers of longer names in the padding, into replies
+    of every size: the same bytes, the same stopping point, as parse_dirents64 + add_all."""
+    rng = random.Random(seed)
+    listing = random_listing(rng, rng.randrange(1, 60))
+    records = b"".join(host_record(*entry, garbage=b"LEFTOVER"[:rng.randrange(9)])
+                       for entry in listing)
+    capacity = rng.choice((24, 100, 512, 4096, 65536, len(records) * 2))
+    reference, compiled = DirentBuffer(capacity), DirentBuffer(capacity)
+    assert compiled.add_host_records(memoryview(bytearray(records))) == \
+        reference.add_all(parse_dirents64(records))
+    assert compiled.getvalue() == reference.getvalue()
+
+
+def test_an_impossible_host_record_is_refused():
+    good = host_record(1, 2, 3, b"fine")
+    bad = host_record(4, 5, 6, b"broken")
+    bad = bad[:16] + struct.pack("=H", 4096) + bad[18:]
+    out = DirentBuffer(4096)
+    with pytest.raises(ValueError, match="impossible length"):
+        out.add_host_records(good + bad)
