@@ -137,14 +137,16 @@ def _holds(fd: int, lock_type: int, start: int, end: int, probes: int = 8) -> bo
 
 class _Owner:
     """One guest lock owner's host open of one inode, carrying its OFD locks; ``held`` lists
-    them as ``(start, end, type)`` (see :func:`apply_range`)."""
+    them as ``(start, end, type)`` (see :func:`apply_range`); ``handles`` are the guest's open
+    files the owner made lock requests through (see :meth:`LockOps.handle_released`)."""
 
-    __slots__ = ("fd", "pid", "held")
+    __slots__ = ("fd", "pid", "held", "handles")
 
     def __init__(self, fd: int, pid: int) -> None:
         self.fd = fd
         self.pid = pid
         self.held: list[tuple[int, int, int]] = []
+        self.handles: set[int] = set()
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class LockOps:
         self._check_not_lost((nodeid, owner), None)
         query = flock_bytes(lock_type, start, end)
         with self._lock:
-            own = self._owner(nodeid, owner, pid)
+            own = self._owner(nodeid, owner, pid, fh)
             found = FLOCK_STRUCT.unpack(fcntl.fcntl(own.fd, fcntl.F_OFD_GETLK, query))
             if found[0] == fcntl.F_UNLCK:
                 return LockReply(0, 0, fcntl.F_UNLCK, 0)
@@ -270,7 +272,7 @@ class LockOps:
                 return EMPTY
 
             def attempt() -> bool:
-                return self._try_posix(key, pid, request, (start, end, lock_type))
+                return self._try_posix(key, pid, fh, request, (start, end, lock_type))
 
         if attempt():
             if lock_type == fcntl.F_UNLCK:
@@ -296,7 +298,14 @@ class LockOps:
         self._drop_owner((nodeid, lock_owner))
 
     def handle_released(self, nodeid: int, fh: int, release_flags: int) -> None:
-        """RELEASE, the last close of an open file: its flock lock goes and its waits end."""
+        """RELEASE, the last close of an open file: its flock lock goes and its waits end, and
+        so do the POSIX owners that made lock requests through no other open file.
+
+        An owner that only ever used this file is an open-file-description lock owner
+        (``F_OFD_SETLK`` in the guest names the open file itself as the owner): Linux sends no
+        FLUSH for it and no unlock at the last close, so its locks would outlive the file.  A
+        process owner (classic ``F_SETLK``) was already dropped by the FLUSH of its close(2).
+        """
         self._lock.acquire()  # not ``with`` (every RELEASE): it costs three times as much
         try:
             if self._waits:
@@ -306,6 +315,8 @@ class LockOps:
                 self._changed.notify()
             self._flocks.pop(fh, None)
             self._lost_flocks.discard(fh)
+            if self._owners:
+                self._drop_owners_of_handle(nodeid, fh)
         finally:
             self._lock.release()
         if release_flags & abi.RELEASE_FLOCK_UNLOCK:
@@ -335,8 +346,9 @@ class LockOps:
 
     # --- POSIX owners --------------------------------------------------------------------------
 
-    def _owner(self, nodeid: int, owner: int, pid: int) -> _Owner:
-        """The owner's open of the inode, opened on first use (caller holds ``_lock``).
+    def _owner(self, nodeid: int, owner: int, pid: int, fh: int | None = None) -> _Owner:
+        """The owner's open of the inode, opened on first use (caller holds ``_lock``); ``fh``
+        is the guest's open file the request came through.
 
         Opened read-write when the host allows it, so the owner can take both lock types; the
         guest kernel already refused a write lock on a descriptor not open for writing.
@@ -348,6 +360,8 @@ class LockOps:
             self._owners[key] = found
         elif pid:
             found.pid = pid
+        if fh is not None:
+            found.handles.add(fh)
         return found
 
     def _open_for_locks(self, nodeid: int) -> int:
@@ -363,10 +377,10 @@ class LockOps:
         assert last is not None
         raise last
 
-    def _try_posix(self, key: tuple[int, int], pid: int, request: bytes,
+    def _try_posix(self, key: tuple[int, int], pid: int, fh: int, request: bytes,
                    span: tuple[int, int, int]) -> bool:
         with self._lock:
-            own = self._owner(key[0], key[1], pid)
+            own = self._owner(key[0], key[1], pid, fh)
             try:
                 fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK, request)
             except OSError as exc:
@@ -440,17 +454,34 @@ class LockOps:
     def _drop_owner(self, key: tuple[int, int]) -> None:
         self._lock.acquire()  # not ``with`` (every FLUSH): it costs three times as much
         try:
-            self._lost_owners.discard(key)
-            own = self._owners.pop(key, None)
-            if own is None:
-                return
-            for wait in self._waits:
-                if wait.key == key:
-                    wait.cancelled = True
-            os.close(own.fd)
-            self._changed.notify()
+            self._close_owner(key)
         finally:
             self._lock.release()
+
+    def _close_owner(self, key: tuple[int, int]) -> None:
+        """Forget owner ``key``: its host open (and with it its locks) closes, its waits end.
+        Caller holds ``_lock``."""
+        self._lost_owners.discard(key)
+        own = self._owners.pop(key, None)
+        if own is None:
+            return
+        for wait in self._waits:
+            if wait.key == key:
+                wait.cancelled = True
+        os.close(own.fd)
+        self._changed.notify()
+
+    def _drop_owners_of_handle(self, nodeid: int, fh: int) -> None:
+        """The guest released ``fh``: close the owners of ``nodeid`` that used no other open
+        file (see :meth:`handle_released`).  Caller holds ``_lock``."""
+        done = []
+        for key, own in self._owners.items():
+            if key[0] == nodeid and fh in own.handles:
+                own.handles.discard(fh)
+                if not own.handles:
+                    done.append(key)
+        for key in done:
+            self._close_owner(key)
 
     # --- Live migration ------------------------------------------------------------------------
 

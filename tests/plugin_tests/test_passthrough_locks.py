@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,43 @@ def test_a_wait_that_closes_a_cycle_is_edeadlk(locking, shared: Path):
 def test_the_recorded_ranges_merge_and_split_as_posix_locks_do(held, change, expected):
     """What a migration hands over is what the owner holds: types 0 read, 1 write, 2 unlock."""
     assert apply_range(held, *change) == expected
+
+
+def release(fs, nodeid: int, fh: int) -> None:
+    fs.hook.virtiofsd_fuse_release(req=fs.req(), nodeid=nodeid, fh=fh, flags=os.O_RDWR,
+                                   release_flags=0, lock_owner=0)
+
+
+def host_sees_lock(path: Path, start: int = 0) -> int:
+    """The type of the lock a host program meets at ``start`` (F_UNLCK: none)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        query = struct.pack("hhqqi4x", WR, os.SEEK_SET, start, 1, 0)
+        return struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))[0]
+    finally:
+        os.close(fd)
+
+
+def test_an_open_file_description_lock_goes_with_the_last_close(locking, shared: Path):
+    """F_OFD_SETLK in the guest: the owner is the open file itself, so no FLUSH ever names it
+    and Linux sends no unlock at the last close; RELEASE must let its lock go."""
+    fs, nodeid = locking
+    fh = fs.open(nodeid, os.O_RDWR).fh
+    assert setlk(fs, nodeid, fh, 0xFFFF8880_1234_0000, 0, 9, WR) == EMPTY
+    assert host_sees_lock(shared / "file") == WR
+    release(fs, nodeid, fh)
+    assert host_sees_lock(shared / "file") == UN
+
+
+def test_a_process_lock_taken_through_two_open_files_outlives_the_release_of_one(locking,
+                                                                                   shared: Path):
+    """A classic F_SETLK owner (the process) may lock through several open files; only its
+    close(2) (FLUSH) drops its locks, not the release of one file it no longer uses."""
+    fs, nodeid = locking
+    first, second = fs.open(nodeid, os.O_RDWR).fh, fs.open(nodeid, os.O_RDWR).fh
+    assert setlk(fs, nodeid, first, 7, 0, 9, WR) == EMPTY
+    assert setlk(fs, nodeid, second, 7, 20, 29, WR) == EMPTY
+    release(fs, nodeid, first)
+    assert host_sees_lock(shared / "file", 5) == WR
+    fs.hook.virtiofsd_fuse_flush(req=fs.req(), nodeid=nodeid, fh=second, lock_owner=7)
+    assert host_sees_lock(shared / "file", 5) == UN
