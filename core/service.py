@@ -28,6 +28,7 @@ import signal
 import socket
 from typing import Any
 
+from virtiofsd import native
 from virtiofsd.config import Config
 from virtiofsd.errors import ConfigError
 from virtiofsd.fuse.router import FuseRouter
@@ -146,6 +147,10 @@ def run(config: Config) -> int:
     """Start, serve one front-end, and return the exit status."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
+    if native.lib is None and os.environ.get("VIRTIOFSD_PURE_PYTHON") != "1":
+        log.warning("the compiled request path (virtiofsd.native) is not built, so requests "
+                    "take the slower Python path; reinstall with a C compiler and the Python "
+                    "headers present (pip install .)")
     pm = make_plugin_manager(config)
     listener, pidfile = open_listener(config)
     files = None
