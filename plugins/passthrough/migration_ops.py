@@ -34,6 +34,7 @@ import stat
 from typing import Any
 
 from virtiofsd import hookimpl
+from virtiofsd.errors import FuseError
 from virtiofsd.fuse.abi import InitFlag
 from virtiofsd.fuse.session import FuseSession
 from virtiofsd_plugins.migration import format as state_format
@@ -122,7 +123,7 @@ class MigrationOps:
         return FuseSession(s.major, s.minor, s.flags, s.max_write, s.max_readahead, s.max_pages,
                            initialized=s.major != 0)
 
-    def _failed(self, what: str, err: OSError) -> None:
+    def _failed(self, what: str, err: OSError | FuseError) -> None:
         if self._abort_on_error:
             raise MigrationError(f"{what}: {err} (--migration-on-error=abort)") from err
         log.warning("migration: %s: %s; the guest gets errors for it", what, err)
@@ -143,12 +144,14 @@ class MigrationOps:
                     continue
                 try:
                     check_same_inode(fd, saved.file_type, saved.verify)
-                    st = os.fstat(fd)
                 except OSError as err:
                     os.close(fd)
                     self._failed(f"node {saved.nodeid} ({saved.location.path!r})", err)
                     continue
-                store.adopt(saved.nodeid, fd, st, saved.refcount)
+                try:
+                    store.adopt(saved.nodeid, fd, saved.refcount)
+                except (OSError, FuseError) as err:
+                    self._failed(f"node {saved.nodeid} cannot be held here", err)
         finally:
             for fd in mount_fds.values():
                 os.close(fd)
