@@ -208,13 +208,42 @@ def test_verify_handles_detects_a_replaced_file(ours, share, verify):
             assert held == b"a new file under the old name"
 
 
-def test_confirm_paths_migrates_like_find_paths(ours, share):
-    with ours(share, "--migration-confirm-paths") as source, \
-            ours(share) as destination:
+@pytest.mark.parametrize("confirm", [True, False])
+def test_a_host_rename_before_the_switch_over_migrates_with_or_without_confirm_paths(
+        ours, share, confirm):
+    """Our source reads every path at the switch-over itself, so a rename made earlier is in
+    the path already: --migration-confirm-paths has nothing to correct here."""
+    options = ["--migration-confirm-paths"] if confirm else []
+    with ours(share, *options) as source, ours(share) as destination:
         client = source.connect()
         held = hold_files(client)
         os.rename(share / "d" / "f", share / "d" / "renamed")
         assert read_f_after_migration(client, destination, held) == b"before6789"
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_confirm_paths_searches_again_for_a_file_whose_path_is_covered(ours, share, confirm):
+    """A file mounted over d/f after the guest opened it: the kernel still names the held
+    descriptor .../d/f, but that path now leads to the covering file.  With the option the
+    source sees it and finds the file under its other name; without it the destination
+    silently serves the covering file.  (``never`` on the source: the link is then the name
+    the guest looked up, not whichever alias a file handle reopens.)"""
+    (share / "covering").write_bytes(b"the file mounted over d/f")
+    (share / "elsewhere").mkdir()
+    options = ["--migration-confirm-paths"] if confirm else []
+    with ours(share, "--inode-file-handles=never", *options) as source, \
+            ours(share) as destination:
+        client = source.connect()
+        held = hold_files(client)
+        os.link(share / "d" / "f", share / "elsewhere" / "other-name")
+        with mounted(share / "d" / "f", "--bind", str(share / "covering")):
+            moved_data = read_f_after_migration(client, destination, held)
+        log = source.log_text()
+    if confirm:
+        assert moved_data == b"before6789"
+        assert "leads to another inode now" in log
+    else:
+        assert moved_data == b"the file mounted over d/f"
 
 
 # --- What the destination holds the migrated inodes as ---------------------------------------
