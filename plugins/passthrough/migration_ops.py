@@ -17,12 +17,15 @@ lock again, without waiting, before it reports the load done.  Should the migrat
 all, the source's rings start again and it takes its locks back
 (``virtiofsd_migration_resumed``).
 
-An inode the destination cannot open again is handled per ``--migration-on-error``: ``abort``
-fails the load (QEMU aborts the migration and the source keeps running); ``guest-error`` leaves
-it out, so every later use by the guest gets EBADF, and so do its open handles.  The same
-goes for a lock held by someone else by the time the destination takes it: ``abort`` fails the
-load; ``guest-error`` loads without it, and that owner's lock requests on that file (for flock:
-that handle's) get EIO until the guest closes it.
+Each inode opened again is held as the destination's own inode store holds a looked-up one
+(a file handle under ``prefer``, a descriptor charged to the budget under ``never``).  An inode
+the destination cannot open again, or cannot hold (the descriptor budget spent, no file handle
+under ``mandatory``), is handled per ``--migration-on-error``: ``abort`` fails the load (QEMU
+aborts the migration and the source keeps running); ``guest-error`` leaves it out, so every
+later use by the guest gets EBADF, and so do its open handles.  The same goes for a lock held
+by someone else by the time the destination takes it: ``abort`` fails the load;
+``guest-error`` loads without it, and that owner's lock requests on that file (for flock: that
+handle's) get EIO until the guest closes it.
 """
 
 from __future__ import annotations
