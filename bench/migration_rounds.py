@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,9 +38,9 @@ def main() -> int:
     args = parser.parse_args()
     failed = False
     for mode in args.mode or ["find-paths", "file-handles"]:
-        with tempfile.TemporaryDirectory(prefix="vfs-rounds-logs-") as logs:
-            report = migration.run_rounds(args.rounds, mode, pathlib.Path(logs), args.qemu,
-                                          daemon=args.daemon, extra_args=tuple(args.extra))
+        logs = pathlib.Path(tempfile.mkdtemp(prefix="vfs-rounds-logs-"))
+        report = migration.run_rounds(args.rounds, mode, logs, args.qemu,
+                                      daemon=args.daemon, extra_args=tuple(args.extra))
         downtime = report.downtime_ms or [0]
         total = report.total_ms or [0]
         print(f"{args.daemon} {mode}: {report.completed}/{report.rounds} rounds completed, "
@@ -50,7 +51,12 @@ def main() -> int:
               f"walks {report.values.get('walks')}", flush=True)
         for problem in report.problems:
             print(f"  {problem}", flush=True)
-        failed |= bool(report.stalls or report.problems or not report.checks_ok)
+        if report.stalls or report.problems or not report.checks_ok:
+            # The daemons' and consoles' logs are the only trace of what went wrong.
+            print(f"  logs kept in {logs}", flush=True)
+            failed = True
+        else:
+            shutil.rmtree(logs)
     return 1 if failed else 0
 
 

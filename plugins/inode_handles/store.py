@@ -299,8 +299,9 @@ class InodeStore:
             if inode is not None:
                 inode.refcount += 1
             else:
-                inode = self._insert(fd, InodeKey(*key), stat.S_IFMT(found.st_mode), handle,
-                                     mount_fd)
+                inode = self._insert(next(self._ids), fd, InodeKey(*key),
+                                     stat.S_IFMT(found.st_mode), handle, mount_fd, 1,
+                                     "a lookup")
                 if handle is None:
                     return inode
         finally:
@@ -308,22 +309,24 @@ class InodeStore:
         os.close(fd)
         return inode
 
-    def _insert(self, fd: int, key: InodeKey, file_type: int, handle: ffi.FileHandle | None,
-                mount_fd: int | None) -> Inode:
-        """A new inode (lock held): handle-backed when ``handle`` is given, else owning ``fd``
-        (which is closed when the descriptor budget refuses it)."""
+    def _insert(self, nodeid: int, fd: int, key: InodeKey, file_type: int,
+                handle: ffi.FileHandle | None, mount_fd: int | None, refcount: int,
+                what: str) -> Inode:
+        """A new inode under ``nodeid`` (lock held): handle-backed when ``handle`` is given,
+        else owning ``fd`` (which is closed when the descriptor budget refuses it; ``what``
+        names the charge in the budget's warning)."""
         inode: Inode
         if handle is not None:
             assert mount_fd is not None
-            inode = HandleInode(next(self._ids), handle, mount_fd, key, file_type, 1)
+            inode = HandleInode(nodeid, handle, mount_fd, key, file_type, refcount)
             self._by_handle[key.mnt_id, handle] = inode
         else:
             try:
-                self.fd_budget.charge("a lookup")
+                self.fd_budget.charge(what)
             except FuseError:
                 os.close(fd)
                 raise
-            inode = FdInode(next(self._ids), fd, key, file_type, 1, self.fd_budget)
+            inode = FdInode(nodeid, fd, key, file_type, refcount, self.fd_budget)
         self._inodes[inode.nodeid] = inode
         self._by_key[key] = inode
         return inode
@@ -399,24 +402,34 @@ class InodeStore:
             self._ids = itertools.count(next_id)
             return list(self._inodes.values()), next_id
 
-    def adopt(self, nodeid: int, fd: int, st: Any, refcount: int) -> Inode:
-        """Insert an inode under the node id a migration source gave it (takes ``fd``, an
-        O_PATH descriptor, charged to the descriptor budget), keyed as a lookup would key it
-        (the mount id comes from ``statx``), so a later lookup of the same file finds it.
+    def adopt(self, nodeid: int, fd: int, refcount: int) -> Inode:
+        """Insert the inode of ``fd`` (an O_PATH descriptor a migration destination opened)
+        under the node id and lookup count the source gave it, held and keyed as a lookup
+        would hold and key it, so a later lookup of the same file finds it.
 
-        :raises FuseError: ENFILE when the budget is spent (``fd`` is closed).
+        Takes ownership of ``fd``.  With file handles in use and a handle to be had, the inode
+        becomes handle-backed and ``fd`` is closed: a guest that held more inodes than the
+        descriptor budget on the source keeps them all here.  Otherwise (``never``, a file
+        system without handles under ``prefer``) ``fd`` is kept and charged to the budget.
+
+        :raises FuseError: ENFILE when the inode would be a descriptor and the budget is spent
+            (``fd`` is closed).
+        :raises OSError: with ``mandatory``, why no file handle could be made (EOPNOTSUPP on a
+            file system without export support).
         """
         try:
-            mnt_id = ffi.statx(fd, b"", _STATX_FLAGS).mnt_id
-            self.fd_budget.charge("a migrated inode")
+            found = ffi.statx(fd, b"", _STATX_FLAGS)
+            handle, mount_fd = (self._handle_of(fd, found) if self._uses_handles
+                                else (None, None))
         except BaseException:
             os.close(fd)
             raise
-        key = InodeKey(st.st_dev, st.st_ino, mnt_id)
-        inode = FdInode(nodeid, fd, key, stat.S_IFMT(st.st_mode), refcount, self.fd_budget)
+        key = InodeKey(found.st_dev, found.st_ino, found.mnt_id)
         with self._lock:
-            self._inodes[nodeid] = inode
-            self._by_key.setdefault(key, inode)
+            inode = self._insert(nodeid, fd, key, stat.S_IFMT(found.st_mode), handle, mount_fd,
+                                 refcount, "a migrated inode")
+        if handle is not None:
+            os.close(fd)
         return inode
 
     def continue_ids_from(self, next_id: int) -> None:

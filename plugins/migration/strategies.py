@@ -9,8 +9,10 @@ whatever kind of :class:`~.format.Location` arrives, as the Rust daemon does):
   of the same (device, inode).  An unlinked file that is still open has no path at all: it
   becomes an INVALID location, which the destination's ``--migration-on-error`` decides about.
   ``--migration-confirm-paths`` stats each path found in a link and falls back to the walk when
-  it no longer leads to the same inode; ``--migration-verify-handles`` attaches a file handle so
-  the destination can prove it opened the same inode.
+  it no longer leads to the same inode; since the links are read at switch-over, this catches
+  only what a link cannot show: a mount placed over the path, a rename racing the read
+  (docs/migration.md).  ``--migration-verify-handles`` attaches a file handle so the
+  destination can prove it opened the same inode.
 - :class:`FileHandles` (``file-handles``): a file handle and the mount it lives on; the
   destination opens it with ``open_by_handle_at`` (CAP_DAC_READ_SEARCH).  Survives renames and
   unlinked-but-open files, needs the same file system on both sides.
@@ -107,12 +109,16 @@ class FindPaths(MigrationStrategy):
             return None
         path = target[len(prefix):]
         if self.config.migration_confirm_paths and not self._leads_to(state, path, inode):
-            log.info("migration: the path of node %d changed; searching for it", inode.nodeid)
+            log.info("migration: the path %r of node %d leads to another inode now (covered by "
+                     "a mount, or renamed meanwhile); searching the shared folder for it",
+                     path, inode.nodeid)
             return None
         return path
 
     @staticmethod
     def _leads_to(state: Any, path: bytes, inode: Any) -> bool:
+        """Whether resolving ``path`` from the shared folder reaches ``inode``: the link names
+        the descriptor's dentry, which a mount over the path hides from resolution."""
         try:
             st = os.stat(path, dir_fd=state.inodes.root.fd, follow_symlinks=False)
         except OSError:

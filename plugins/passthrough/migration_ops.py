@@ -17,12 +17,15 @@ lock again, without waiting, before it reports the load done.  Should the migrat
 all, the source's rings start again and it takes its locks back
 (``virtiofsd_migration_resumed``).
 
-An inode the destination cannot open again is handled per ``--migration-on-error``: ``abort``
-fails the load (QEMU aborts the migration and the source keeps running); ``guest-error`` leaves
-it out, so every later use by the guest gets EBADF, and so do its open handles.  The same
-goes for a lock held by someone else by the time the destination takes it: ``abort`` fails the
-load; ``guest-error`` loads without it, and that owner's lock requests on that file (for flock:
-that handle's) get EIO until the guest closes it.
+Each inode opened again is held as the destination's own inode store holds a looked-up one
+(a file handle under ``prefer``, a descriptor charged to the budget under ``never``).  An inode
+the destination cannot open again, or cannot hold (the descriptor budget spent, no file handle
+under ``mandatory``), is handled per ``--migration-on-error``: ``abort`` fails the load (QEMU
+aborts the migration and the source keeps running); ``guest-error`` leaves it out, so every
+later use by the guest gets EBADF, and so do its open handles.  The same goes for a lock held
+by someone else by the time the destination takes it: ``abort`` fails the load;
+``guest-error`` loads without it, and that owner's lock requests on that file (for flock: that
+handle's) get EIO until the guest closes it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import stat
 from typing import Any
 
 from virtiofsd import hookimpl
+from virtiofsd.errors import FuseError
 from virtiofsd.fuse.abi import InitFlag
 from virtiofsd.fuse.session import FuseSession
 from virtiofsd_plugins.migration import format as state_format
@@ -122,7 +126,7 @@ class MigrationOps:
         return FuseSession(s.major, s.minor, s.flags, s.max_write, s.max_readahead, s.max_pages,
                            initialized=s.major != 0)
 
-    def _failed(self, what: str, err: OSError) -> None:
+    def _failed(self, what: str, err: OSError | FuseError) -> None:
         if self._abort_on_error:
             raise MigrationError(f"{what}: {err} (--migration-on-error=abort)") from err
         log.warning("migration: %s: %s; the guest gets errors for it", what, err)
@@ -143,12 +147,14 @@ class MigrationOps:
                     continue
                 try:
                     check_same_inode(fd, saved.file_type, saved.verify)
-                    st = os.fstat(fd)
                 except OSError as err:
                     os.close(fd)
                     self._failed(f"node {saved.nodeid} ({saved.location.path!r})", err)
                     continue
-                store.adopt(saved.nodeid, fd, st, saved.refcount)
+                try:
+                    store.adopt(saved.nodeid, fd, saved.refcount)
+                except (OSError, FuseError) as err:
+                    self._failed(f"node {saved.nodeid} cannot be held here", err)
         finally:
             for fd in mount_fds.values():
                 os.close(fd)

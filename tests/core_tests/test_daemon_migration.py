@@ -26,6 +26,9 @@ from virtiofsd.vhost_user import messages as vu
 from virtiofsd.vhost_user.messages import FrontendRequest as Req
 from virtiofsd.vhost_user.messages import ProtocolFeature, VirtioFeature
 
+from support.descriptors import path_fds
+from support.mounts import mounted
+
 
 BASE_FEATURES = VirtioFeature.VERSION_1 | VirtioFeature.PROTOCOL_FEATURES
 NO_FD = 0x100
@@ -205,13 +208,140 @@ def test_verify_handles_detects_a_replaced_file(ours, share, verify):
             assert held == b"a new file under the old name"
 
 
-def test_confirm_paths_migrates_like_find_paths(ours, share):
-    with ours(share, "--migration-confirm-paths") as source, \
-            ours(share) as destination:
+@pytest.mark.parametrize("confirm", [True, False])
+def test_a_host_rename_before_the_switch_over_migrates_with_or_without_confirm_paths(
+        ours, share, confirm):
+    """Our source reads every path at the switch-over itself, so a rename made earlier is in
+    the path already: --migration-confirm-paths has nothing to correct here."""
+    options = ["--migration-confirm-paths"] if confirm else []
+    with ours(share, *options) as source, ours(share) as destination:
         client = source.connect()
         held = hold_files(client)
         os.rename(share / "d" / "f", share / "d" / "renamed")
         assert read_f_after_migration(client, destination, held) == b"before6789"
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_confirm_paths_searches_again_for_a_file_whose_path_is_covered(ours, share, confirm):
+    """A file mounted over d/f after the guest opened it: the kernel still names the held
+    descriptor .../d/f, but that path now leads to the covering file.  With the option the
+    source sees it and finds the file under its other name; without it the destination
+    silently serves the covering file.  (``never`` on the source: the link is then the name
+    the guest looked up, not whichever alias a file handle reopens.)"""
+    (share / "covering").write_bytes(b"the file mounted over d/f")
+    (share / "elsewhere").mkdir()
+    options = ["--migration-confirm-paths"] if confirm else []
+    with ours(share, "--inode-file-handles=never", *options) as source, \
+            ours(share) as destination:
+        client = source.connect()
+        held = hold_files(client)
+        os.link(share / "d" / "f", share / "elsewhere" / "other-name")
+        with mounted(share / "d" / "f", "--bind", str(share / "covering")):
+            moved_data = read_f_after_migration(client, destination, held)
+        log = source.log_text()
+    if confirm:
+        assert moved_data == b"before6789"
+        assert "leads to another inode now" in log
+    else:
+        assert moved_data == b"the file mounted over d/f"
+
+
+# --- What the destination holds the migrated inodes as ---------------------------------------
+
+#: More inodes than ``--rlimit-nofile 128`` leaves the guest descriptors for (128 less a
+#: headroom of 64: 64).
+MANY = 200
+LOW_RLIMIT = ("--rlimit-nofile", "128")
+
+
+def hold_many(client: FuseClient, share: pathlib.Path) -> tuple[int, dict[str, int]]:
+    """Look up :data:`MANY` new files in a new folder ``many``: its node id, and the node id
+    of each file by name."""
+    (share / "many").mkdir()
+    for index in range(MANY):
+        (share / "many" / f"n{index}").write_bytes(b"%d" % index)
+    folder = client.lookup(ROOT_ID, "many").nodeid
+    return folder, {f"n{index}": client.lookup(folder, f"n{index}").nodeid
+                    for index in range(MANY)}
+
+
+@pytest.mark.parametrize("mode", ["find-paths", "file-handles"])
+def test_a_prefer_destination_holds_migrated_inodes_as_file_handles(ours, share, mode):
+    """The guest holds more inodes than the destination's descriptor budget: under ``prefer``
+    (the default) each arrives as a file handle, as a lookup would make it, so the load
+    succeeds, every inode is served and found again by a lookup, and the destination holds no
+    descriptor for any of them."""
+    with ours(share, "--migration-mode", mode) as source, \
+            ours(share, *LOW_RLIMIT) as destination:
+        client = source.connect()
+        folder, held = hold_many(client, share)
+        before = path_fds(destination.process.pid)
+        moved, frontend = load(destination.socket_path, save(client))
+        try:
+            assert moved is not None, destination.log_text()
+            for name, nodeid in held.items():
+                assert moved.getattr(nodeid).attr.ino == os.stat(share / "many" / name).st_ino
+            assert moved.lookup(folder, "n7").nodeid == held["n7"]
+            assert moved.read(held["n7"], moved.open(held["n7"]).fh, 0, 10) == b"7"
+            assert path_fds(destination.process.pid) == before, "a descriptor per inode"
+            assert len(os.listdir(f"/proc/{destination.process.pid}/fd")) < MANY // 4
+        finally:
+            frontend.close()
+        client.close()
+
+
+def test_a_never_destination_holds_migrated_inodes_as_descriptors(ours, share):
+    """``never`` keeps one descriptor per migrated inode, charged to the budget: with room for
+    them the destination holds them all; without, the load fails with ENFILE (``abort``)."""
+    with ours(share) as source, \
+            ours(share, "--inode-file-handles=never", *LOW_RLIMIT) as cramped, \
+            ours(share, "--inode-file-handles=never") as roomy:
+        client = source.connect()
+        _folder, held = hold_many(client, share)
+        data = save(client)
+        refused, frontend = load(cramped.socket_path, data)
+        frontend.close()
+        assert refused is None
+        assert "descriptor budget of 64 spent (a migrated inode)" in cramped.log_text()
+        before = path_fds(roomy.process.pid)
+        moved, frontend = load(roomy.socket_path, data)
+        try:
+            assert moved is not None, roomy.log_text()
+            for name, nodeid in held.items():
+                assert moved.getattr(nodeid).attr.ino == os.stat(share / "many" / name).st_ino
+            assert path_fds(roomy.process.pid) - before >= MANY
+        finally:
+            frontend.close()
+        client.close()
+
+
+@pytest.mark.parametrize("store", ["prefer", "mandatory"])
+def test_a_migrated_inode_on_a_file_system_without_handles(ours, share, store):
+    """An inode of a procfs under the share (no file handles) arrives as a lookup would take
+    it: ``prefer`` holds it as a descriptor; ``mandatory`` refuses it (EOPNOTSUPP), which
+    fails the load under ``abort``."""
+    point = share / "proc"
+    point.mkdir()
+    with mounted(point, "-t", "proc", "proc"), ours(share) as source, \
+            ours(share, f"--inode-file-handles={store}") as destination:
+        client = source.connect()
+        held = hold_files(client)
+        proc = client.lookup(ROOT_ID, "proc").nodeid
+        before = path_fds(destination.process.pid)
+        moved, frontend = load(destination.socket_path, save(client))
+        try:
+            if store == "mandatory":
+                assert moved is None
+                assert (f"node {proc} cannot be held here: [Errno {errno.EOPNOTSUPP}]"
+                        in destination.log_text())
+                return
+            assert moved is not None, destination.log_text()
+            assert path_fds(destination.process.pid) == before + 1, "one descriptor: proc"
+            assert moved.lookup(proc, "self").nodeid > 0
+            assert moved.read(held["f"], held["f_fh"], 0, 6) == b"before"
+        finally:
+            frontend.close()
+            client.close()
 
 
 def logged_pages(bitmap: memoryview) -> set[int]:

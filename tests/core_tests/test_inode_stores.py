@@ -9,6 +9,7 @@ handles).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -20,6 +21,9 @@ import pytest
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID
 from virtiofsd.testing import FuseReplyError, running_daemon
+
+from support.descriptors import path_fds
+from support.mounts import mounted
 
 STRATEGIES = ("never", "prefer", "mandatory")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -37,19 +41,6 @@ def share(tmp_path: Path) -> Path:
     (directory / "dir").mkdir()
     (directory / "file").write_bytes(b"data")
     return directory
-
-
-def path_fds(pid: int) -> int:
-    """How many O_PATH descriptors process ``pid`` holds (the fd-backed inodes)."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except FileNotFoundError:
-            continue
-        flags = int(info.split("flags:")[1].split()[0], 8)
-        count += bool(flags & os.O_PATH)
-    return count
 
 
 def test_the_guest_sees_the_same_tree_with_every_store(start_daemon, share: Path,
@@ -127,22 +118,14 @@ def test_a_stale_handle_is_estale_for_the_guest(start_daemon, share: Path,
 
 @pytest.fixture
 def share_with_two_tmpfs(share: Path) -> Iterator[Path]:
-    mounted = []
-    try:
+    with contextlib.ExitStack() as mounts:
         for name in ("a", "b"):
             point = share / name
             point.mkdir()
-            result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "vfsd-" + name,
-                                     str(point)], capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-            mounted.append(point)
+            mounts.enter_context(mounted(point, "-t", "tmpfs", "-o", "size=1m", "vfsd-" + name))
             (point / "same").write_bytes(name.encode())
         assert os.stat(share / "a" / "same").st_ino == os.stat(share / "b" / "same").st_ino
         yield share
-    finally:
-        for point in mounted:
-            subprocess.run(["umount", "-l", str(point)], check=True)
 
 
 @needs_root
@@ -257,14 +240,8 @@ def share_with_proc(share: Path) -> Iterator[Path]:
     """A procfs (which cannot make file handles) mounted under the share."""
     point = share / "proc"
     point.mkdir()
-    result = subprocess.run(["mount", "-t", "proc", "proc", str(point)], capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a procfs here: {result.stderr.strip()}")
-    try:
+    with mounted(point, "-t", "proc", "proc"):
         yield share
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=True)
 
 
 @needs_root

@@ -222,7 +222,12 @@ def run_rounds(rounds: int, mode: str, workdir: pathlib.Path, qemu: str,
                 report.stalls += 1
                 report.problems.append(f"round {number}: the guest made no progress")
         (shared / "stop").write_bytes(b"")
-        wait_for_exit(current, 180)
+        try:
+            wait_for_exit(current, 180)
+        except runner.BootError as failure:
+            # A guest that hangs after the last round is a finding like a stall: report it with
+            # the figures of the rounds instead of losing them.
+            report.problems.append(f"after the last round: {failure}")
         console = "".join(e.console.read_text(errors="replace") for e in endpoints)
         checks, values = runner.parse_console(console)
         report.values = values

@@ -140,6 +140,17 @@ def test_strategies_hold_inodes_as_their_names_say(store, tmp_path):
     assert used == (1 if store.handles is HandleUse.NEVER else 0), "one descriptor per fd inode"
 
 
+def test_an_adopted_inode_is_held_and_found_as_a_looked_up_one(store, tmp_path):
+    """A migrated inode keeps the source's node id and count, costs a descriptor only where a
+    lookup would, and a later lookup of the same file counts on it."""
+    (tmp_path / "file").write_bytes(b"data")
+    adopted = store.adopt(7, os.open(tmp_path / "file", O_PATH_FLAGS), 3)
+    assert (adopted.nodeid, adopted.refcount) == (7, 3) and store.get(7) is adopted
+    assert (adopted.handle is not None) == (store.handles is not HandleUse.NEVER)
+    assert store.fd_budget.used == (1 if store.handles is HandleUse.NEVER else 0)
+    assert _claim(store, store.root.fd, "file") is adopted and adopted.refcount == 4
+
+
 def test_a_handle_inode_survives_rename_and_stays_one_node(store, tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_bytes(b"data")
