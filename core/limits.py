@@ -38,9 +38,11 @@ def apply_rlimit_nofile(requested: int | None) -> int:
     limit = _set_rlimit_nofile(requested)
     if limit < LOW_NOFILE:
         log.warning("only %d file descriptors may be open: the daemon holds one for every file "
-                    "the guest has looked up, so the guest will soon get 'Too many open files'; "
-                    "raise the hard limit (ulimit -Hn, LimitNOFILE= in a systemd unit) and "
-                    "pass --rlimit-nofile, or leave it out to take the hard limit", limit)
+                    "the guest has open, and for every file it has looked up where no file "
+                    "handle can be used (--inode-file-handles=never, file systems without "
+                    "handles), so the guest may soon get 'Too many open files'; raise the hard "
+                    "limit (ulimit -Hn, LimitNOFILE= in a systemd unit) and pass "
+                    "--rlimit-nofile, or leave it out to take the hard limit", limit)
     return limit
 
 
