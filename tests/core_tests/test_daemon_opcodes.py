@@ -28,6 +28,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
 MiB = 1 << 20
 
 
@@ -490,6 +491,30 @@ def test_fallocate_keep_size_and_punch_hole(workdir) -> None:
     assert os.lstat(host / "f").st_blocks < st.st_blocks
     fuse.fallocate(nodeid, fh, 0, 2 * MiB)
     assert os.lstat(host / "f").st_size == 2 * MiB, "mode 0 grows the file"
+    fuse.release(nodeid, fh)
+
+
+def test_fallocate_zero_range_and_punch_hole_reach_the_host(workdir) -> None:
+    """The modes a Linux 6.1 guest cannot send: its FUSE client refuses ZERO_RANGE itself, and
+    its VFS refuses PUNCH_HOLE without KEEP_SIZE, before the daemon is asked (the guest
+    conformance check then only sees EOPNOTSUPP).  Sent as a newer guest would, the daemon must
+    zero the range in place, grow the file only without KEEP_SIZE, and pass the host's refusal
+    of a hole punch that may change the size back unchanged."""
+    fuse, host = workdir.client, workdir.host
+    nodeid, fh = new_file(fuse, workdir.nodeid, "f", b"z" * (256 * 1024))
+    fuse.fallocate(nodeid, fh, 64 * 1024, 64 * 1024, FALLOC_FL_ZERO_RANGE)
+    data = (host / "f").read_bytes()
+    assert data[64 * 1024 : 128 * 1024] == bytes(64 * 1024), "the range reads zeros"
+    assert data[: 64 * 1024] == data[128 * 1024 :][: 64 * 1024] == b"z" * (64 * 1024)
+    assert len(data) == 256 * 1024
+    fuse.fallocate(nodeid, fh, 192 * 1024, 1 * MiB, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
+    assert os.lstat(host / "f").st_size == 256 * 1024, "KEEP_SIZE zeroes without growing"
+    assert (host / "f").read_bytes()[192 * 1024 :] == bytes(64 * 1024)
+    fuse.fallocate(nodeid, fh, 200 * 1024, 1 * MiB, FALLOC_FL_ZERO_RANGE)
+    assert os.lstat(host / "f").st_size == 200 * 1024 + MiB, "without KEEP_SIZE the file grows"
+    error = fuse_error(fuse.fallocate, nodeid, fh, 0, 4096, FALLOC_FL_PUNCH_HOLE)
+    assert error == errno.EOPNOTSUPP, "PUNCH_HOLE needs KEEP_SIZE (the host's rule)"
+    assert (host / "f").read_bytes()[:4096] == b"z" * 4096, "and nothing was punched"
     fuse.release(nodeid, fh)
 
 
