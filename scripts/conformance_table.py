@@ -42,6 +42,23 @@ def cell(found: dict[str, runner.GuestCheck], labels: list[str], name: str) -> s
     return "ok" if not parts else "<br>".join(parts)
 
 
+def difference(differences: dict[str, str], found: dict[str, runner.GuestCheck],
+               labels: list[str], name: str) -> str:
+    """The recorded reason a daemon fails check ``name``: keyed by the bare name (every
+    configuration) or by ``label.name`` (one configuration, given only where it failed)."""
+    failed = [label for label in labels
+              if (check := found.get(f"{label}.{name}")) is not None and not check.ok]
+    if not failed:
+        return ""
+    if name in differences:
+        return differences[name]
+    by_reason: dict[str, list[str]] = {}
+    for label in failed:
+        if (reason := differences.get(f"{label}.{name}")) is not None:
+            by_reason.setdefault(reason, []).append(label)
+    return "; ".join(f"{', '.join(labels)}: {reason}" for reason, labels in by_reason.items())
+
+
 def table(ours: dict, rust: dict) -> str:
     labels = [configuration.label for configuration in CONFIGURATIONS]
     rows = ["| check | Rust virtiofsd | ours | why they differ |", "|---|---|---|---|"]
@@ -51,7 +68,10 @@ def table(ours: dict, rust: dict) -> str:
         ours_cell = cell(ours, row_labels, name)
         why = ""
         if rust_cell != ours_cell:
-            why = RUST_DIFFERENCES.get(name, "") or OURS_DIFFERENCES.get(name, "")
+            reasons = [f"{who}: {reason}" for who, differences, found in
+                       (("Rust", RUST_DIFFERENCES, rust), ("ours", OURS_DIFFERENCES, ours))
+                       if (reason := difference(differences, found, row_labels, name))]
+            why = "<br>".join(reasons)
         limitations = [reason for key, reason in KNOWN_LIMITATIONS.items() if key.endswith(f".{name}")]
         if limitations and "fail" in rust_cell + ours_cell:
             why = why or f"both: {limitations[0]}"
