@@ -56,6 +56,7 @@ UTIME_OMIT = (1 << 30) - 2
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 F_OFD_GETLK = 36
+F_OFD_SETLK = 37
 LOCK_WAIT_SECONDS = 0.6
 
 
@@ -1596,6 +1597,22 @@ def check_flock_blocking_wait(suite: Suite) -> None:
         expect_equal("waiter got the lock", "locked", waiter.result(10.0))
     finally:
         os.close(fd)
+
+
+@check
+def check_ofd_lock_released_on_close(suite: Suite) -> None:
+    """An open-file-description lock (F_OFD_SETLK) belongs to the open file, not the process,
+    and goes with the file's last close, unlocked or not: another process may then lock the
+    range."""
+    path = create(suite.path("ofd_close"), b"o" * 100)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        lock_range(fd, fcntl.F_WRLCK, 0, 10, F_OFD_SETLK)
+        expect_errno((errno.EAGAIN, errno.EACCES), Child(_child_try_lock, path, fcntl.F_WRLCK, 0, 10).result)
+    finally:
+        os.close(fd)
+    got, _ = outcome(Child(_child_try_lock, path, fcntl.F_WRLCK, 0, 10).result)
+    expect_equal("another process's lock after the OFD lock's file was closed", "ok", errno_name(got))
 
 
 @check
