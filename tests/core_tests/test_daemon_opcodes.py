@@ -496,11 +496,11 @@ def test_fallocate_keep_size_and_punch_hole(workdir) -> None:
 
 
 def test_fallocate_zero_range_and_punch_hole_reach_the_host(workdir) -> None:
-    """The modes a Linux 6.1 guest cannot send: its FUSE client refuses ZERO_RANGE itself, and
-    its VFS refuses PUNCH_HOLE without KEEP_SIZE, before the daemon is asked (the guest
-    conformance check then only sees EOPNOTSUPP).  Sent as a newer guest would, the daemon must
-    zero the range in place, grow the file only without KEEP_SIZE, and pass the host's refusal
-    of a hole punch that may change the size back unchanged."""
+    """The modes the guest conformance check cannot fully reach: Linux's VFS refuses PUNCH_HOLE
+    without KEEP_SIZE before any file system is asked, and older FUSE clients refuse ZERO_RANGE
+    themselves (Debian's 6.1.192 forwards it, but only without KEEP_SIZE in that check).  The
+    daemon must zero the range in place, grow the file only without KEEP_SIZE, and pass the
+    host's refusal of a hole punch that may change the size back unchanged."""
     fuse, host = workdir.client, workdir.host
     nodeid, fh = new_file(fuse, workdir.nodeid, "f", b"z" * (256 * 1024))
     fuse.fallocate(nodeid, fh, 64 * 1024, 64 * 1024, FALLOC_FL_ZERO_RANGE)

@@ -1032,9 +1032,10 @@ def check_fallocate_punch_hole(suite: Suite) -> None:
 
 @check
 def check_fallocate_zero_range(suite: Suite) -> None:
-    """ZERO_RANGE: Linux 6.1's FUSE client refuses it itself (EOPNOTSUPP, recorded as a NOTE),
-    so on that guest this checks the guest kernel only; where it is forwarded the range must
-    read back as zeros.  The daemon's side is proven through the front-end
+    """ZERO_RANGE: the range must read back as zeros.  Linux's FUSE client long refused the
+    mode itself (EOPNOTSUPP, recorded as a NOTE, when only the guest kernel is tested); Debian's
+    6.1.192 forwards it, and the daemon's fallocate(FALLOC_FL_ZERO_RANGE) does the work.  The
+    daemon's side, KEEP_SIZE included, is also proven through the front-end
     (tests/core_tests/test_daemon_opcodes.py, test_fallocate_zero_range_and_punch_hole_...)."""
     fd = os.open(suite.path("falloc_zero"), os.O_CREAT | os.O_RDWR, 0o644)
     try:
