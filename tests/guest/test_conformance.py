@@ -148,17 +148,6 @@ OURS_DIFFERENCES = {
                                "as on the never, writeback and stress shares); like the Rust "
                                "daemon, the guest kernel then keeps its locks to itself",
 }
-#: Checks ours fails because of a bug in the daemon, reported and not fixed yet (label.check),
-#: with the reason: recorded as expected failures (so the rest of the suite keeps guarding) and
-#: shown as failures in docs/conformance.md.  Delete an entry with its fix.
-OURS_BUGS = {
-    f"{label}.ofd_lock_released_on_close":
-        "daemon bug: Linux forwards an OFD lock with the open file as lock owner, but at close "
-        "sends no unlock for it (FLUSH names the process, RELEASE names no owner without "
-        "flock), and the daemon drops an owner's host open only on a FLUSH naming it, so the "
-        "lock stays held on the host, and its descriptor open, until the share is unmounted"
-    for label in ("never", "writeback")
-}
 #: Checks both daemons fail in their default configuration, with the reason; recorded as
 #: expected failures for both (label.check).
 KNOWN_LIMITATIONS = {
@@ -257,7 +246,7 @@ def known_difference(daemon_name: str, check_name: str) -> str | None:
     if check_name in KNOWN_LIMITATIONS:
         return KNOWN_LIMITATIONS[check_name]
     if daemon_name == "ours":
-        return OURS_DIFFERENCES.get(check_name) or OURS_BUGS.get(check_name)
+        return OURS_DIFFERENCES.get(check_name)
     label, _, bare = check_name.partition(".")
     return RUST_DIFFERENCES.get(check_name) or RUST_DIFFERENCES.get(bare)
 

@@ -45,9 +45,9 @@ ONE_PASS = {"link": 90, "symlink": 90}
 #: fds the daemon may hold beyond the starting count after the guest forgot everything.  The
 #: share runs with --inode-file-handles=never (tests/guest/test_conformance.py), where every
 #: inode the daemon holds is an fd, so leaked inodes show: one per stressor is 13, and a FORGET
-#: dropped one time in 20 left 39.  Measured without a leak: Rust back to the starting count,
-#: ours 1 or 2 above, one of them the host open of the fcntl stressor's OFD lock owner, which
-#: the daemon never drops (a reported bug, docs/conformance.md).
+#: dropped one time in 20 left 39.  Measured without a leak: both daemons back to the starting
+#: count (ours was 1 or 2 above while it kept the host open of the fcntl stressor's OFD lock
+#: owner, fixed since); 4 leaves room for a FORGET still in flight.
 FD_SLACK = 4
 #: Seconds the daemon gets to process the FORGETs of a cache drop before its fds are counted.
 FORGET_SETTLE_SECONDS = 2.0
