@@ -205,6 +205,33 @@ def test_remapped_capability_dropped_on_write_truncate_chown_and_o_trunc(
         fuse.release(node, handle.fh)
 
 
+def test_remapped_capability_dropped_when_create_truncates_an_existing_file(
+        start_daemon, share: Path) -> None:
+    """A guest open(O_CREAT|O_TRUNC) of a name its cache does not know is a CREATE, not an
+    OPEN: on an existing file it truncates it, so the remapped capability must go as for an
+    O_TRUNC OPEN.  A CREATE that does not truncate (no O_TRUNC, or O_EXCL, which fails) keeps
+    it, as the kernel keeps a real one."""
+    host_name = b"user.virtiofs.security.capability"
+    with start_daemon(share, "--xattrmap", ":map::user.virtiofs.:") as session:
+        fuse = session.client
+        node = fuse.lookup(ROOT_ID, "file").nodeid
+        fuse.setxattr(node, "security.capability", CAPABILITY)
+
+        def armed() -> bool:
+            return host_name in host_xattrs(share / "file")
+
+        entry, handle = fuse.create(ROOT_ID, "file", 0o644, os.O_RDWR | os.O_CREAT)
+        fuse.release(entry.nodeid, handle.fh)
+        assert armed(), "a CREATE that opens without truncating keeps the capability"
+        assert fuse_error(fuse.create, ROOT_ID, "file", 0o644,
+                          os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_TRUNC) == errno.EEXIST
+        assert armed(), "O_EXCL on an existing name fails and changes nothing"
+        entry, handle = fuse.create(ROOT_ID, "file", 0o644, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        fuse.release(entry.nodeid, handle.fh)
+        assert (share / "file").read_bytes() == b"", "the CREATE truncated the file"
+        assert not armed(), "CREATE with O_TRUNC of an existing file"
+
+
 # -- --posix-acl --------------------------------------------------------------------------------
 
 

@@ -6,6 +6,13 @@ The map: the guest's ``security.selinux`` and ``security.capability`` (the READM
 recipe, and the CVE-2021-20263 case), and its ``trusted.*``, are stored under
 ``trusted.virtiofs.``; the host's other ``trusted.*`` and its ``user.host.*`` are hidden;
 everything else, the ACLs included, passes unchanged.
+
+A second device (``xattrnever``) serves another folder with the same options and ``--cache
+never``, for the CVE-2021-20263 sequence (setcap, write, getcap).  On the main share the guest
+kernel removes ``security.capability`` itself before a cached write (``file_remove_privs``
+sends a REMOVEXATTR, which the map renames), with or without ``--killpriv-v2``; a direct-I/O
+write skips that, so there the capability is cleared only by the daemon's guard for the
+remapped name (CapabilityGuard, docs/xattrs.md).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from . import runner
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "xattrs.sh"
 GUEST_CHECKS = re.findall(r"^(?:check|expect|refuse)\s+(\w+)", SCRIPT.read_text(), re.MULTILINE)
 BOOT_TIMEOUT = float(os.environ.get("VIRTIOFSD_GUEST_TIMEOUT", "600"))
+NEVER_TAG = "xattrnever"  # mounted by scripts/xattrs.sh
 
 XATTR_MAP = """
 :prefix:all:security.selinux:trusted.virtiofs.:
@@ -47,14 +55,18 @@ def run_xattr_workload(daemon_name: str, root: pathlib.Path) -> tuple[runner.Boo
                                                                        pathlib.Path]:
     share = root / "share"
     share.mkdir()
+    never_share = root / "share-never"
+    never_share.mkdir()
     hosted = share / "hosted"
     hosted.write_text("the host's\n")
     os.setxattr(hosted, "user.host.secret", b"1")
     os.setxattr(hosted, "trusted.hostonly", b"1")
     os.setxattr(hosted, "user.visible", b"yes")
+    never = runner.ExtraShare(NEVER_TAG, never_share,
+                              (*daemon_args(daemon_name), "--cache", "never"))
     result = runner.boot(daemon_name, share, runner.guest_script("xattrs.sh"),
                          daemon_args=daemon_args(daemon_name), timeout=BOOT_TIMEOUT,
-                         log_dir=root / "logs", host_root=True)
+                         log_dir=root / "logs", host_root=True, extra_shares=[never])
     return result, share / "xattrs"
 
 
@@ -88,6 +100,8 @@ def test_host_stores_guest_names_under_the_map(xattr_boot) -> None:
     assert stored(work / "link")[b"trusted.virtiofs.trusted.kind"] == b"link"
     assert stored(work / "fifo")[b"trusted.virtiofs.trusted.kind"] == b"fifo"
     assert b"trusted.virtiofs.security.capability" not in stored(work / "capped")
+    assert b"trusted.virtiofs.security.capability" not in stored(
+        work.parent.parent / "share-never" / "capped")
 
 
 def test_host_sees_the_guests_acls(xattr_boot) -> None:

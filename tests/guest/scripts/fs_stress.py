@@ -26,14 +26,28 @@ STRESSORS = ("dir", "dentry", "rename", "link", "symlink", "flock", "fcntl", "lo
 SIZE_OPTIONS = ["--hdd-bytes", "8M", "--mmap-bytes", "8M", "--fallocate-bytes", "8M",
                 "--seek-size", "8M", "--sync-file-bytes", "8M", "--dentries", "256",
                 "--dir-dirs", "256"]
+#: Options of one stressor.  The suite runs stress-ng on a share with host locks
+#: (``-o posix_lock,flock``), where a guest process killed while it waits for a lock cannot exit
+#: before the lock is granted (virtio-fs has no FUSE_INTERRUPT), and stress-ng SIGKILLs its
+#: workers at the end of a run.  So no worker may be killed mid-wait: lockf's parent and child
+#: contend for ranges of one file, and blocking F_LOCK would leave the child waiting for a range
+#: the parent holds while the parent waits for the child to exit; --lockf-nonblock (F_TLOCK,
+#: retried) never waits.  stress-ng 0.15's flock workers share one open file description (they
+#: never conflict, so blocking flock() never waits) and its fcntl stressor is one process (its
+#: F_SETLKW and F_OFD_SETLKW meet only locks it has released), so both run as they are.
+STRESSOR_OPTIONS = {"lockf": ["--lockf-nonblock"]}
 #: Seconds a stressor may take beyond its --timeout to stop and clean up under TCG.
 STOP_GRACE_SECONDS = 30
 #: link and symlink: one bogo op is a pass over 8,192 names (about 33,000 requests: link,
 #: failing re-link, stat, unlink), which does not stop at --timeout and takes tens of
 #: seconds under TCG; they run exactly one pass, with a longer grace.
 ONE_PASS = {"link": 90, "symlink": 90}
-#: fds the daemon may hold beyond the starting count after the guest forgot everything
-#: (the stress folder itself, still looked up by the guest, and a few kernel-pinned inodes).
+#: fds the daemon may hold beyond the starting count after the guest forgot everything.  The
+#: share runs with --inode-file-handles=never (tests/guest/test_conformance.py), where every
+#: inode the daemon holds is an fd, so leaked inodes show: one per stressor is 13, and a FORGET
+#: dropped one time in 20 left 39.  Measured without a leak: both daemons back to the starting
+#: count (ours was 1 or 2 above while it kept the host open of the fcntl stressor's OFD lock
+#: owner, fixed since); 4 leaves room for a FORGET still in flight.
 FD_SLACK = 4
 #: Seconds the daemon gets to process the FORGETs of a cache drop before its fds are counted.
 FORGET_SETTLE_SECONDS = 2.0
@@ -53,7 +67,8 @@ def settled_fd_count(host: Host) -> int:
 def run_stressor(stressor: str, folder: str, seconds: int, label: str) -> tuple[bool, str]:
     """One stressor alone for ``seconds`` with --verify: (passed, what went wrong)."""
     command = ["stress-ng", "--temp-path", folder, "--timeout", f"{seconds}s", "--verify",
-               "--metrics-brief", *SIZE_OPTIONS, f"--{stressor}", "1"]
+               "--metrics-brief", *SIZE_OPTIONS, *STRESSOR_OPTIONS.get(stressor, ()),
+               f"--{stressor}", "1"]
     grace = STOP_GRACE_SECONDS
     if stressor in ONE_PASS:
         command += [f"--{stressor}-ops", "1"]
