@@ -3,10 +3,10 @@
 Parsing turns argv into a frozen :class:`virtiofsd.config.Config`.  Three rules shape it:
 
 - Same words as the Rust daemon, plus the legacy ``-o`` forms of the C daemon's manual.
-- An option whose feature has not been built yet is refused when given explicitly, naming the
-  option; it is never accepted and ignored.  A *default* that belongs to a later feature (file
-  handles) falls back to the nearest implemented behaviour with one warning line at start, so
-  that ``virtiofsd --socket-path S --shared-dir D`` works.
+- No option is accepted and ignored: a legacy ``-o`` form that has no meaning here is refused,
+  naming it.  A *default* whose plugin is not installed (file handles, ``prefer``) falls back to
+  the nearest installed behaviour with one warning line at start, so that
+  ``virtiofsd --socket-path S --shared-dir D`` works.
 - Plugin slots are chosen by entry-point name; a value whose plugin is not installed is refused
   with the list of installed ones.
 """
@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 #: Aliases of slot values: the word a user may type -> the entry-point name.
 INODE_STORE_ALIASES = {"fallback": "prefer"}
 INODE_STORE_WORDS = ("never", "prefer", "mandatory", "fallback")
-
-#: Options of later features, refused when given.  Value: the feature that brings them.
-NOT_YET: dict[str, str] = {}
 
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace", "off")
 
@@ -226,16 +223,6 @@ def apply_compat_options(args: argparse.Namespace, option_strings: Sequence[str]
 # --- From arguments to Config ---------------------------------------------------------------
 
 
-def _refuse_unimplemented(args: argparse.Namespace) -> None:
-    for attribute, feature in NOT_YET.items():
-        value = getattr(args, attribute)
-        if value in (None, False, [], ()):
-            continue
-        option = "--" + attribute.replace("_", "-")
-        raise ConfigError(f"{option} is not implemented yet ({feature}); refusing to start "
-                          "rather than ignore it")
-
-
 def _resolve_inode_store(args: argparse.Namespace, fallbacks: list[str]) -> str:
     if args.inode_file_handles is None:
         installed = entry_point_names(GROUP_INODE_STORE)
@@ -276,7 +263,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, list[str]]:
     if (args.translate_uid or args.translate_gid) and args.posix_acl:
         raise ConfigError("--translate-uid and --translate-gid cannot be used with --posix-acl: "
                           "ACLs name host ids the guest would see untranslated")
-    _refuse_unimplemented(args)
     fallbacks: list[str] = []
     if args.socket_deprecated and not args.socket_path:
         args.socket_path = args.socket_deprecated

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from virtiofsd.cli import NOT_YET
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, InitFlag, Opcode
 from virtiofsd.testing import FuseReplyError
@@ -29,12 +28,8 @@ ACL_INIT_FLAGS = (LINUX_6_1_INIT_FLAGS | InitFlag.POSIX_ACL | InitFlag.SETXATTR_
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 
 
-def trusted_options(kind: str) -> list[str]:
-    """Setting ``trusted.*`` needs CAP_SYS_ADMIN, which the Rust daemon drops unless told to keep
-    it; ours keeps every capability as long as ``--modcaps`` is refused (not built yet)."""
-    if kind == "ours" and "modcaps" in NOT_YET:
-        return []
-    return ["--modcaps=+sys_admin"]
+#: Setting ``trusted.*`` needs CAP_SYS_ADMIN, which both daemons drop unless told to keep it.
+TRUSTED_OPTIONS = ("--modcaps=+sys_admin",)
 
 
 @pytest.fixture
@@ -66,7 +61,7 @@ def test_without_xattr_every_opcode_is_enosys(start_daemon, share: Path) -> None
 @pytest.mark.parametrize("name", ["file", "dir", "link", "fifo"])
 def test_every_opcode_on_every_file_type(start_daemon, daemon_kind: str, share: Path,
                                          name: str) -> None:
-    with start_daemon(share, "--xattr", *trusted_options(daemon_kind)) as session:
+    with start_daemon(share, "--xattr", *TRUSTED_OPTIONS) as session:
         fuse = session.client
         node = fuse.lookup(ROOT_ID, name).nodeid
         fuse.setxattr(node, "trusted.colour", b"blue")
@@ -140,7 +135,7 @@ def test_bad_is_eperm_enodata_on_get_and_unsupported_is_enotsup(start_daemon, da
                                                                 share: Path) -> None:
     rules = "/bad/all/security./security./ /unsupported/client/trusted.secret.// /ok/all///"
     os.setxattr(share / "file", "security.host", b"label")
-    with start_daemon(share, "--xattrmap", rules, *trusted_options(daemon_kind)) as session:
+    with start_daemon(share, "--xattrmap", rules, *TRUSTED_OPTIONS) as session:
         fuse = session.client
         node = fuse.lookup(ROOT_ID, "file").nodeid
         assert fuse_error(fuse.setxattr, node, "security.x", b"v") == errno.EPERM
@@ -295,10 +290,10 @@ LABEL = b"system_u:object_r:container_file_t:s0\0"
 def test_security_label_applied_at_creation_under_the_selinux_map(
         start_daemon, daemon_kind: str, share: Path) -> None:
     """The README's SELinux recipe: --xattrmap=:map:security.selinux:trusted.virtiofs.: with
-    --modcaps=+sys_admin (implied for ours until --modcaps exists)."""
+    --modcaps=+sys_admin."""
     with start_daemon(share, "--security-label", "--xattrmap",
                       ":map:security.selinux:trusted.virtiofs.:",
-                      *trusted_options(daemon_kind), init=False) as session:
+                      *TRUSTED_OPTIONS, init=False) as session:
         fuse = session.client
         fuse.init(LINUX_6_1_INIT_FLAGS | InitFlag.SECURITY_CTX | InitFlag.INIT_EXT)
         ext = security_context(b"security.selinux", LABEL)

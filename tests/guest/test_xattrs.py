@@ -23,7 +23,6 @@ import re
 
 import pytest
 
-from virtiofsd.cli import NOT_YET
 
 from . import runner
 
@@ -42,13 +41,9 @@ XATTR_MAP = """
 """
 
 
-def daemon_args(daemon_name: str) -> list[str]:
-    """trusted.* needs CAP_SYS_ADMIN, which the Rust daemon keeps only when told (the
-    README's recipe); ours keeps every capability while --modcaps is not built."""
-    args = ["--posix-acl", f"--xattrmap={XATTR_MAP}"]
-    if daemon_name == "rust" or "modcaps" not in NOT_YET:
-        args.append("--modcaps=+sys_admin")
-    return args
+#: trusted.* needs CAP_SYS_ADMIN, which both daemons keep only when told (the Rust README's
+#: recipe).
+DAEMON_ARGS = ("--posix-acl", f"--xattrmap={XATTR_MAP}", "--modcaps=+sys_admin")
 
 
 def run_xattr_workload(daemon_name: str, root: pathlib.Path) -> tuple[runner.BootResult,
@@ -63,9 +58,9 @@ def run_xattr_workload(daemon_name: str, root: pathlib.Path) -> tuple[runner.Boo
     os.setxattr(hosted, "trusted.hostonly", b"1")
     os.setxattr(hosted, "user.visible", b"yes")
     never = runner.ExtraShare(NEVER_TAG, never_share,
-                              (*daemon_args(daemon_name), "--cache", "never"))
+                              (*DAEMON_ARGS, "--cache", "never"))
     result = runner.boot(daemon_name, share, runner.guest_script("xattrs.sh"),
-                         daemon_args=daemon_args(daemon_name), timeout=BOOT_TIMEOUT,
+                         daemon_args=list(DAEMON_ARGS), timeout=BOOT_TIMEOUT,
                          log_dir=root / "logs", host_root=True, extra_shares=[never])
     return result, share / "xattrs"
 
