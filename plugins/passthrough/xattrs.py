@@ -34,8 +34,8 @@ from virtiofsd import hookimpl
 from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, XattrSizeReply
-from virtiofsd_plugins.inode_handles.store import O_PATH_FLAGS
-from virtiofsd_plugins.passthrough.state import PassthroughState
+from virtiofsd_plugins.passthrough.names import check_new_name
+from virtiofsd_plugins.passthrough.state import PassthroughState, open_beneath
 
 ACL_ACCESS = b"system.posix_acl_access"
 ACL_DEFAULT = b"system.posix_acl_default"
@@ -171,10 +171,14 @@ class CapabilityGuard:
     @hookimpl(wrapper=True)
     def virtiofsd_fuse_create(self, parent: int, name: bytes,
                               flags: int) -> Generator[None, Any, Any]:
-        """CREATE of an existing name without O_EXCL opens it, and truncates it with O_TRUNC."""
-        if flags & os.O_TRUNC and not flags & os.O_EXCL and name and b"/" not in name:
+        """CREATE of an existing name without O_EXCL opens it, and truncates it with O_TRUNC.
+
+        The name is checked as CREATE checks it before anything is opened: this wrapper runs
+        first, and ``..`` of the shared folder's root would otherwise lead outside it."""
+        if flags & os.O_TRUNC and not flags & os.O_EXCL:
+            check_new_name(name)
             with contextlib.suppress(FileNotFoundError):
-                fd = os.open(name, O_PATH_FLAGS, dir_fd=self._state.inodes.get(parent).fd)
+                fd = open_beneath(self._state.inodes.get(parent).fd, name)
                 try:
                     if stat.S_ISREG(os.stat(fd).st_mode):
                         self._drop(self._state.magic_link_path(fd))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.abi import ROOT_ID, InitFlag, Opcode
-from virtiofsd.testing import FuseReplyError
+from virtiofsd.testing import FuseReplyError, running_daemon
 from virtiofsd.testing.fuse_client import LINUX_6_1_INIT_FLAGS
 
 from support.replies import fuse_error
@@ -225,6 +225,23 @@ def test_remapped_capability_dropped_when_create_truncates_an_existing_file(
         fuse.release(entry.nodeid, handle.fh)
         assert (share / "file").read_bytes() == b"", "the CREATE truncated the file"
         assert not armed(), "CREATE with O_TRUNC of an existing file"
+
+
+def test_the_guard_checks_a_create_name_before_opening_it(command_of, share: Path) -> None:
+    """CREATE with O_TRUNC and without O_EXCL (the guard's case) of ``.`` and ``..`` gets the
+    same EINVAL with the map that renames security.capability as without it: at the root,
+    where ``..`` would lead out of the share (--sandbox none), and under a regular file, in
+    which no name can be opened (ENOTDIR, had the guard opened it before the check)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+    answers = {}
+    for options in ((), ("--xattrmap", ":map::user.virtiofs.:")):
+        with running_daemon(command_of("ours", *options), share) as session:
+            fuse = session.client
+            parents = (ROOT_ID, fuse.lookup(ROOT_ID, "file").nodeid)
+            answers[options] = [fuse_error(fuse.create, parent, name, 0o644, flags)
+                                for parent in parents for name in (".", "..")]
+            assert "Traceback" not in session.log_text()
+    assert list(answers.values()) == [[errno.EINVAL] * 4] * 2, answers
 
 
 # -- --posix-acl --------------------------------------------------------------------------------
