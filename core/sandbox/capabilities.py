@@ -9,7 +9,10 @@ The result becomes the effective and permitted sets; the inheritable and boundin
 emptied (as the Rust daemon's ``capng_apply(CAPNG_SELECT_BOTH)`` does), so that no ``execve``
 could bring anything back.  The bounding set only limits what ``execve`` and the inheritable set
 may gain, so an empty one takes nothing from the running daemon.  A process can only lose
-capabilities: a capability it does not have is not kept.
+capabilities: a capability it does not have is not kept.  Where the user asked for it by name
+(``--modcaps=+name``) that is refused when running as root, as the Rust daemon refuses ("can't
+apply the child capabilities"), and warned about otherwise (the Rust daemon leaves an
+unprivileged process's capabilities alone and says nothing).
 
 Capability sets are per thread, so this runs before any thread exists (the worker threads
 inherit the result).  :mod:`virtiofsd.sys.credentials` later raises DAC_OVERRIDE again in a
@@ -19,6 +22,7 @@ thread's effective set, from the permitted set kept here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -90,6 +94,31 @@ def kept_capabilities(config: Any, plugin_requests: Iterable[Iterable[str]] = ()
     return frozenset((DEFAULT_CAPABILITIES | required | add) - remove)
 
 
+def unheld_additions(config: Any) -> list[str]:
+    """The capabilities ``--modcaps`` adds (``+name``) that the calling thread does not hold in
+    its permitted set, so cannot keep: a root daemon in a container whose bounding set lacks
+    them, or a daemon without root."""
+    add, _remove = parse_modcaps(config.modcaps)
+    return sorted(name for name in add if not getattr(prctl.cap_permitted, name))
+
+
+def check_additions(config: Any) -> None:
+    """Refuse (root) or warn about (others) ``--modcaps`` additions that cannot be kept.
+
+    :raises ConfigError: running as root, and a ``+name`` is not in the permitted set.
+    """
+    unheld = unheld_additions(config)
+    if not unheld:
+        return
+    names = ", ".join(f"CAP_{name.upper()}" for name in unheld)
+    problem = (f"--modcaps={config.modcaps}: this process does not hold {names} (not in its "
+               f"permitted set), so it cannot keep {'it' if len(unheld) == 1 else 'them'}")
+    if os.geteuid() == 0:
+        raise ConfigError(f"{problem}; start the daemon with it (a container's bounding set "
+                          "may lack it) or leave it out of --modcaps")
+    log.warning("%s; running without it", problem)
+
+
 def apply_capabilities(names: Iterable[str]) -> None:
     """Reduce the calling thread's capability sets: effective and permitted to those of
     ``names`` it has, inheritable and bounding (when the process may change it: CAP_SETPCAP)
@@ -125,5 +154,6 @@ _LAST_CAPABILITY = _last_capability()
 def drop_capabilities(config: Any, pm: Any) -> frozenset[str]:
     """Apply the set :func:`kept_capabilities` computes for ``config`` and the plugins."""
     names = kept_capabilities(config, pm.hook.virtiofsd_sandbox_capabilities(config=config))
+    check_additions(config)
     apply_capabilities(names)
     return names

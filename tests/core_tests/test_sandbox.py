@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -182,6 +184,29 @@ def test_modcaps_adjusts_the_kept_set(started, kind, share):
     expected = mask(DOCUMENTED - {"mknod"} | {"sys_admin"})
     for name in ("CapEff", "CapPrm"):
         assert int(lines[name], 16) == expected, name
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_modcaps_refuses_a_capability_the_process_does_not_hold(command_of, kind, share, tmp_path):
+    """Root started in a bounding set without CAP_SYS_ADMIN (a container's; setpriv's here)
+    cannot keep it: --modcaps=+sys_admin stops both daemons at start, with exit status 1,
+    while the same start without that item serves."""
+    outside_bounding_set = ["setpriv", "--bounding-set", "-sys_admin"]
+
+    def start(*options: str) -> subprocess.CompletedProcess[str]:
+        argv = [arg.replace("{socket_path}", str(tmp_path / "refused.sock"))
+                .replace("{shared_dir}", str(share)) for arg in command_of(kind, *options)]
+        return subprocess.run([*outside_bounding_set, *argv], capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    refused = start("--modcaps=+sys_admin")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    if kind == "ours":
+        assert ("--modcaps=+sys_admin: this process does not hold CAP_SYS_ADMIN"
+                in refused.stderr), refused.stderr
+    with running_daemon([*outside_bounding_set, *command_of(kind, "--modcaps=-mknod")],
+                        share) as session:
+        assert session.client.lookup(ROOT_ID, "hello.txt").attr.size == 6
 
 
 def test_file_handles_keep_dac_read_search_and_cannot_lose_it():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 
@@ -97,3 +98,16 @@ def test_a_chown_outside_the_users_ids_fails_cleanly(daemon_kind: str, user, our
         assert refused.value.errno == errno.EPERM
         assert os.lstat(share / "made").st_uid == user.pw_uid
         assert fuse.getattr(made.nodeid).attr.uid == 0
+
+
+def test_modcaps_adding_a_capability_it_lacks_is_warned_about(user, ours_tree, folders) -> None:
+    """An ordinary user holds no capability to keep: --modcaps=+sys_admin serves (the Rust
+    daemon leaves an unprivileged process's capabilities alone) and says so at start."""
+    share, sockets = folders
+    argv = [*command("ours", user, ours_tree), "--socket-path", "{socket_path}",
+            "--shared-dir", "{shared_dir}", "--sandbox", "none", "--modcaps=+sys_admin"]
+    with running_daemon(argv, share, socket_path=sockets / "vhost.sock") as daemon:
+        assert daemon.client.mkdir(ROOT_ID, "made", 0o755).attr.uid == user.pw_uid
+        log_text = daemon.log_text()
+    assert re.search(r"WARN.*--modcaps=\+sys_admin: this process does not hold CAP_SYS_ADMIN "
+                     r".*running without it", log_text), log_text
