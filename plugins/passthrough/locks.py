@@ -305,6 +305,10 @@ class LockOps:
         (``F_OFD_SETLK`` in the guest names the open file itself as the owner): Linux sends no
         FLUSH for it and no unlock at the last close, so its locks would outlive the file.  A
         process owner (classic ``F_SETLK``) was already dropped by the FLUSH of its close(2).
+
+        FLOCK_UNLOCK is ignored without ``-o flock``, when the daemon takes no flock lock (a
+        guest kernel does not send it then, a hostile guest may): the seccomp filter would answer
+        flock(2) with EOPNOTSUPP, and the file would stay open.
         """
         self._lock.acquire()  # not ``with`` (every RELEASE): it costs three times as much
         try:
@@ -319,7 +323,7 @@ class LockOps:
                 self._drop_owners_of_handle(nodeid, fh)
         finally:
             self._lock.release()
-        if release_flags & abi.RELEASE_FLOCK_UNLOCK:
+        if release_flags & abi.RELEASE_FLOCK_UNLOCK and self._state.config.flock:
             try:
                 fd = self._handles.get(fh, nodeid).fd
             except FuseError:

@@ -209,6 +209,19 @@ def test_o_options_switch_the_lock_kinds(start_daemon, daemon_kind: str, share: 
             assert fuse_error(fuse.setlk, nodeid, fh_a, OWNER_A, flock=True) == errno.ENOSYS
 
 
+def test_a_stray_flock_unlock_at_release_still_closes_the_file(start_daemon, daemon_kind: str,
+                                                                share: Path) -> None:
+    """RELEASE with FLOCK_UNLOCK where flock locks are off (a guest kernel never sends it then,
+    a hostile guest may): the file is closed as by any RELEASE, and the daemon, whose seccomp
+    filter then answers flock(2) with EOPNOTSUPP, carries on."""
+    with start_daemon(share) as session:
+        fuse = session.client
+        nodeid, fh_a, fh_b = open_twice(fuse)
+        fuse.release(nodeid, fh_a, release_flags=abi.RELEASE_FLOCK_UNLOCK)
+        assert fuse_error(fuse.read, nodeid, fh_a, 0, 1) == errno.EBADF
+        assert fuse.read(nodeid, fh_b, 0, 4) == bytes(4)
+
+
 def test_lock_requests_without_the_flag_in_init(locking_daemon, daemon_kind: str,
                                                 share: Path) -> None:
     """A guest that did not offer POSIX_LOCKS keeps its locks: a stray request is ENOSYS."""
