@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from virtiofsd import hookimpl
+from virtiofsd.sandbox.syscalls import FILE_HANDLE_CALLS
 from virtiofsd_plugins.inode_handles.store import HandleUse, InodeStore
 
 
@@ -21,3 +22,10 @@ def virtiofsd_make_inode_store(config: Any) -> InodeStore:
     :raises ConfigError: the shared folder cannot be opened, or file handles do not work on it.
     """
     return InodeStore.open_shared_dir(config.shared_dir, HandleUse.MANDATORY)
+
+
+@hookimpl
+def virtiofsd_seccomp_syscalls(config: Any) -> frozenset[str]:
+    """Every lookup makes a file handle (name_to_handle_at), and an inode is reopened from
+    it (open_by_handle_at)."""
+    return FILE_HANDLE_CALLS

@@ -25,6 +25,7 @@ from typing import Any
 
 from virtiofsd import hookimpl
 from virtiofsd.errors import ConfigError, FuseError
+from virtiofsd.sandbox.syscalls import FLOCK_CALLS, XATTR_CALLS
 from virtiofsd_plugins.passthrough.dir_ops import DirOps
 from virtiofsd_plugins.passthrough.entry_ops import EntryOps
 from virtiofsd_plugins.passthrough.file_ops import FileOps
@@ -59,6 +60,19 @@ def virtiofsd_configure(config: Any, pm: Any) -> None:
     strategy = pm.hook.virtiofsd_make_migration(config=config)
     if strategy is not None:
         pm.register(MigrationOps(state, strategy, locks), name="passthrough.migration_ops")
+
+
+@hookimpl
+def virtiofsd_seccomp_syscalls(config: Any) -> set[str]:
+    """The extended-attribute calls with ``--xattr`` (which ``--posix-acl``, ``--security-label``
+    and ``--xattrmap`` imply), flock(2) with ``-o flock``; POSIX locks need only ``fcntl``,
+    which every configuration has."""
+    names: set[str] = set()
+    if config.xattr:
+        names |= XATTR_CALLS
+    if config.flock:
+        names |= FLOCK_CALLS
+    return names
 
 
 def _remapped_capability_name(state: PassthroughState) -> bytes | None:

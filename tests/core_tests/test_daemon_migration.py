@@ -208,6 +208,34 @@ def test_verify_handles_detects_a_replaced_file(ours, share, verify):
             assert held == b"a new file under the old name"
 
 
+@pytest.mark.parametrize("destination_options, opens_handles", [
+    (("--inode-file-handles=never",), False),
+    (("--inode-file-handles=never", "--modcaps=+dac_read_search"), True),
+])
+def test_file_handles_at_a_destination_without_them(ours, share, destination_options,
+                                                     opens_handles):
+    """The source sends file handles; a destination whose options leave file handles off gets
+    EOPNOTSUPP from the seccomp filter for open_by_handle_at and refuses the state cleanly (it
+    is not killed).  The Rust README's option for such a destination, --modcaps=+dac_read_search,
+    lets it open them."""
+    with ours(share, "--migration-mode", "file-handles") as source, \
+            ours(share, *destination_options) as destination:
+        client = source.connect()
+        held = hold_files(client)
+        moved, frontend = load(destination.socket_path, save(client))
+        try:
+            if opens_handles:
+                assert moved is not None, destination.log_text()
+                assert moved.read(held["f"], held["f_fh"], 0, 100) == b"before6789"
+            else:
+                assert moved is None
+                assert "Operation not supported" in destination.log_text()
+                assert destination.process.poll() is None
+        finally:
+            frontend.close()
+            client.close()
+
+
 @pytest.mark.parametrize("confirm", [True, False])
 def test_a_host_rename_before_the_switch_over_migrates_with_or_without_confirm_paths(
         ours, share, confirm):
