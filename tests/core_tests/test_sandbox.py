@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyseccomp
 import pytest
 from support.plugins import install_plugin_package
 from virtiofsd.config import Config
@@ -290,11 +291,67 @@ def test_a_syscall_outside_the_list_kills_the_daemon(started, syscall_plugin, sh
         assert re.search(r"killed by SIGSYS", log_text), log_text
 
 
-def test_log_mode_lets_the_syscall_through(started, syscall_plugin, share):
+#: SECCOMP_RET_LOG in an audit record of type 1326 (AUDIT_SECCOMP).
+SECCOMP_RET_LOG = 0x7FFC0000
+AUDIT_LOG = Path("/var/log/audit/audit.log")
+
+
+def kernel_log_records() -> list[str]:
+    """What the kernel logged so far: its ring buffer (/dev/kmsg, where audit records go without
+    an audit daemon) and the audit daemon's log.
+
+    :raises pytest.skip.Exception: neither can be read here.
+    """
+    records: list[str] = []
+    readable = False
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        pass
+    else:
+        readable = True
+        try:
+            while True:
+                try:
+                    records.append(os.read(fd, 8192).decode(errors="replace"))
+                except BlockingIOError:
+                    break
+                except BrokenPipeError:
+                    continue  # records overwritten while reading: go on with the next
+        finally:
+            os.close(fd)
+    try:
+        records += AUDIT_LOG.read_text(errors="replace").splitlines()
+        readable = True
+    except OSError:
+        pass
+    if not readable:
+        pytest.skip("neither /dev/kmsg nor the audit log is readable (dmesg_restrict without "
+                    "CAP_SYSLOG, or a container), so what the kernel logged cannot be seen")
+    return records
+
+
+def test_log_mode_lets_the_syscall_through_and_the_kernel_logs_it(started, syscall_plugin,
+                                                                  share):
+    if "log" not in Path("/proc/sys/kernel/seccomp/actions_logged").read_text().split():
+        pytest.skip("this kernel is set not to log SECCOMP_RET_LOG "
+                    "(/proc/sys/kernel/seccomp/actions_logged)")
+    getpriority = pyseccomp.resolve_syscall(pyseccomp.system_arch(), "getpriority")
     with started("ours", share, "--plugin", "getpriority", "--seccomp", "log") as session:
-        session.client.statfs(ROOT_ID)
-        assert session.process.poll() is None
-        assert status(session.process.pid)["Seccomp"] == "2"
+        pid = session.process.pid
+        logged = re.compile(rf"type=1326 .*\bpid={pid} .*\bsyscall={getpriority} .*"
+                            rf"\bcode=0x{SECCOMP_RET_LOG:x}\b")
+        # The kernel prints audit records under printk's rate limit (10 in 5 s), which the
+        # kills of other tests may have used up: ask again until one is seen.
+        deadline = time.monotonic() + 15
+        while True:
+            session.client.statfs(ROOT_ID)
+            assert session.process.poll() is None
+            if any(logged.search(record) for record in kernel_log_records()):
+                break
+            assert time.monotonic() < deadline, f"no record of getpriority from pid {pid}"
+            time.sleep(0.5)
+        assert status(pid)["Seccomp"] == "2"
         assert session.client.lookup(ROOT_ID, "hello.txt").attr.size == 6
 
 
@@ -309,6 +366,126 @@ def test_seccomp_none_loads_no_filter(started, syscall_plugin, share):
     with started("ours", share, "--plugin", "getpriority", "--seccomp", "none") as session:
         assert status(session.process.pid)["Seccomp"] == "0"
         session.client.statfs(ROOT_ID)
+
+
+PROCESS_PLUGIN = textwrap.dedent('''
+    """Test plugins: STATFS starts a process, through fork(2) (clone without CLONE_THREAD) or
+    through a raw clone3(2) call, then lets the real STATFS answer."""
+    import ctypes
+    import os
+    import types
+
+    from virtiofsd import hookimpl
+
+    SYS_CLONE3 = 435
+    libc = ctypes.CDLL(None, use_errno=True)
+
+
+    def fork(req, nodeid):
+        """The child exits at once; the parent makes no other call (wait4 is not allowed)."""
+        if os.fork() == 0:
+            os._exit(0)
+
+
+    def empty_clone3(req, nodeid):
+        """clone3 without its argument structure, which the kernel refuses (EINVAL) before it
+        makes any process."""
+        if libc.syscall(SYS_CLONE3, None, 0) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+
+    forking = types.SimpleNamespace(virtiofsd_fuse_statfs=hookimpl(tryfirst=True)(fork))
+    cloning = types.SimpleNamespace(virtiofsd_fuse_statfs=hookimpl(tryfirst=True)(empty_clone3))
+''')
+
+
+@pytest.fixture
+def process_plugin(tmp_path: Path, monkeypatch) -> None:
+    """``--plugin fork`` forks on STATFS, ``--plugin clone3`` calls clone3 on STATFS."""
+    install_plugin_package(tmp_path / "site", "process_probe", PROCESS_PLUGIN,
+                           {"fork": "process_probe:forking", "clone3": "process_probe:cloning"},
+                           monkeypatch)
+
+
+@pytest.mark.parametrize("sandbox", ["none", "namespace"])
+def test_a_fork_under_the_filter_kills_the_daemon(started, process_plugin, share, sandbox):
+    """Threads start (the lookup is served by a pool thread started under the filter), but
+    clone without CLONE_THREAD, which is what fork(2) is, kills the daemon."""
+    with started("ours", share, "--plugin", "fork", "--sandbox", sandbox,
+                 "--thread-pool-size", "2") as session:
+        assert session.client.lookup(ROOT_ID, "hello.txt").attr.size == 6
+        with pytest.raises((OSError, EOFError)):
+            session.client.statfs(ROOT_ID)
+        returncode = session.process.wait(10)
+        session.client.close()
+        session.client = None
+    assert returncode == (-signal.SIGSYS if sandbox == "none" else 128 + signal.SIGSYS)
+
+
+def test_without_the_filter_the_same_fork_succeeds(started, process_plugin, share):
+    with started("ours", share, "--plugin", "fork", "--seccomp", "none") as session:
+        assert session.client.statfs(ROOT_ID)
+        assert session.process.poll() is None
+
+
+IOCTL_PLUGIN = textwrap.dedent('''
+    """Test plugins: STATFS makes an ioctl on the shared folder, the one Python's isatty()
+    makes (TCGETS) or another (FIONREAD), then lets the real STATFS answer."""
+    import fcntl
+    import os
+    import termios
+    import types
+
+    from virtiofsd import hookimpl
+
+
+    def ioctl_of(request):
+        def statfs(req, nodeid):
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.ioctl(fd, request, bytes(64))
+            except OSError:
+                pass  # a folder is no terminal, nor does it count readable bytes
+            finally:
+                os.close(fd)
+        return types.SimpleNamespace(virtiofsd_fuse_statfs=hookimpl(tryfirst=True)(statfs))
+
+
+    tcgets = ioctl_of(termios.TCGETS)
+    fionread = ioctl_of(termios.FIONREAD)
+''')
+
+
+@pytest.mark.parametrize("request_name, killed", [("tcgets", False), ("fionread", True)])
+def test_ioctl_is_allowed_only_for_isatty(started, tmp_path, monkeypatch, share, request_name,
+                                          killed):
+    install_plugin_package(tmp_path / "site", "ioctl_probe", IOCTL_PLUGIN,
+                           {name: f"ioctl_probe:{name}" for name in ("tcgets", "fionread")},
+                           monkeypatch)
+    with started("ours", share, "--plugin", request_name) as session:
+        if killed:
+            with pytest.raises((OSError, EOFError)):
+                session.client.statfs(ROOT_ID)
+            assert session.process.wait(10) == -signal.SIGSYS
+            session.client.close()
+            session.client = None
+        else:
+            assert session.client.statfs(ROOT_ID)
+            assert session.process.poll() is None
+
+
+@pytest.mark.parametrize("seccomp, answer", [("kill", errno.ENOSYS), ("none", errno.EINVAL)])
+def test_clone3_is_answered_enosys_under_the_filter(started, process_plugin, share, seccomp,
+                                                    answer):
+    """clone3 passes its flags in memory, out of the filter's sight, so the filter answers it
+    ENOSYS whatever they are (glibc then starts threads with clone); without the filter the
+    kernel itself answers this clone3 (EINVAL)."""
+    with started("ours", share, "--plugin", "clone3", "--seccomp", seccomp) as session:
+        with pytest.raises(OSError) as refused:
+            session.client.statfs(ROOT_ID)
+        assert refused.value.errno == answer
+        assert session.process.poll() is None
 
 
 # --- no import from the shared folder -----------------------------------------------------------
