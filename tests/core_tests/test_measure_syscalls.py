@@ -38,7 +38,32 @@ def test_only_calls_after_the_filter_and_from_later_threads_count(tmp_path):
     }
     for name, text in traces.items():
         (tmp_path / name).write_text(text)
-    assert measure.collect(tmp_path) == {"accept4", "clone3", "rseq", "preadv2"}
+    measurement = measure.collect(tmp_path)
+    assert measurement.base == {"accept4", "rseq", "preadv2"}
+    assert measurement.ruled == {"clone3"}, "its errno answer is a rule of its own"
+
+
+def write_run(directory: Path, pid: int, arguments: list[str], calls: list[str]) -> None:
+    """One recorded run as the wrapper leaves it: the command line, one thread's trace."""
+    argv = ["/usr/bin/python", "-m", "virtiofsd", "--socket-path", "/gone/s.sock",
+            "--shared-dir", "/gone/share", *arguments, "--seccomp", "log"]
+    (directory / f"argv-{pid}").write_bytes(b"".join(arg.encode() + b"\0" for arg in argv))
+    (directory / f"run-{pid}.{pid}").write_text(
+        "seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=9, filter=0x5}) = 0\n"
+        + "".join(f"{call}(3) = 0\n" for call in calls))
+
+
+def test_what_a_configuration_adds_stays_out_of_the_base_list(tmp_path):
+    measure = load_script()
+    write_run(tmp_path, 1, ["-o", "flock", "--xattr"], ["read", "flock", "getxattr"])
+    write_run(tmp_path, 2, ["--inode-file-handles=prefer"], ["write", "open_by_handle_at"])
+    write_run(tmp_path, 3, ["--inode-file-handles=never"], ["fsync", "name_to_handle_at"])
+    write_run(tmp_path, 4, ["--plugin", "probe"], ["getpriority"])
+    measurement = measure.collect(tmp_path)
+    assert measurement.base == {"read", "write", "fsync"}
+    assert measurement.configured == {"flock", "getxattr", "open_by_handle_at"}
+    assert measurement.ruled == {"name_to_handle_at"}, "a feature call without the feature"
+    assert measurement.plugin_runs == 1
 
 
 def test_rewrite_replaces_only_the_measured_block(tmp_path, monkeypatch):
