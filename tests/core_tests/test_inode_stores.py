@@ -129,9 +129,13 @@ def share_with_two_tmpfs(share: Path) -> Iterator[Path]:
 
 
 @needs_root
+@pytest.mark.parametrize("sandbox", ["none", "namespace"])
 def test_equal_inode_numbers_on_two_submounts_are_two_inodes(
-        start_daemon, share_with_two_tmpfs: Path, strategy: str) -> None:
-    with start_daemon(share_with_two_tmpfs, f"--inode-file-handles={strategy}") as session:
+        start_daemon, share_with_two_tmpfs: Path, strategy: str, sandbox: str) -> None:
+    """Also inside the namespace sandbox, where the mount table that maps a submount's id to
+    its folder is read through the descriptor kept across pivot_root."""
+    with start_daemon(share_with_two_tmpfs, f"--inode-file-handles={strategy}",
+                      "--sandbox", sandbox) as session:
         fuse = session.client
         a = fuse.lookup(ROOT_ID, "a")
         b = fuse.lookup(ROOT_ID, "b")

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import textwrap
 import time
@@ -23,7 +24,8 @@ import pytest
 from support.plugins import install_plugin_package
 from virtiofsd.config import Config
 from virtiofsd.errors import ConfigError
-from virtiofsd.fuse.abi import ROOT_ID
+from virtiofsd.fuse import abi
+from virtiofsd.fuse.abi import ROOT_ID, Opcode
 from virtiofsd.sandbox.capabilities import DEFAULT_CAPABILITIES, kept_capabilities
 from virtiofsd.testing import running_daemon
 
@@ -486,6 +488,47 @@ def test_clone3_is_answered_enosys_under_the_filter(started, process_plugin, sha
             session.client.statfs(ROOT_ID)
         assert refused.value.errno == answer
         assert session.process.poll() is None
+
+
+def test_a_stopped_and_continued_daemon_serves_on_under_the_filter(started, share):
+    """SIGSTOP and SIGCONT (a debugger, ``kill -STOP``) interrupt the threads' timed waits,
+    which the kernel resumes through restart_syscall.  Sent to the daemon's process group,
+    which holds it whether it runs alone or under a wrapper (strace, while measuring)."""
+    with started("ours", share, "--thread-pool-size", "2") as session:
+        assert session.client.lookup(ROOT_ID, "hello.txt").attr.size == 6
+        os.killpg(session.process.pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        os.killpg(session.process.pid, signal.SIGCONT)
+        time.sleep(1.5)
+        assert session.process.poll() is None
+        assert session.client.lookup(ROOT_ID, "sub").attr.ino == (share / "sub").stat().st_ino
+
+
+def supplementary_groups(*gids: int) -> bytes:
+    """The supplementary-groups request extension (FUSE_EXT_GROUPS) carrying ``gids``."""
+    body = abi.SUPP_GROUPS.pack(len(gids)) + struct.pack(f"<{len(gids)}I", *gids)
+    body += bytes(-(abi.EXT_HEADER.size + len(body)) % 8)
+    return abi.EXT_HEADER.pack(abi.EXT_HEADER.size + len(body), abi.EXT_SUP_GROUPS) + body
+
+
+def test_the_guests_supplementary_groups_are_taken_under_the_filter(started, share):
+    """A guest may send its supplementary groups with a creating request (a Linux guest does
+    only after CREATE_SUPP_GROUP, which is not offered, but a hostile one need not ask): the
+    creating thread takes them (setgroups) and gives its own back (getgroups) under
+    --seccomp kill.  The folder lets only group 4242 in, and a thread that takes the guest's
+    groups does not raise CAP_DAC_OVERRIDE again, so the creation proves they were taken."""
+    folder = share / "group-only"
+    folder.mkdir()
+    os.chown(folder, 0, 4242)
+    folder.chmod(0o070)
+    with started("ours", share, uid=1000, gid=1000) as session:
+        fuse = session.client
+        parent = fuse.lookup(ROOT_ID, "group-only").nodeid
+        body = (abi.MKDIR_IN.pack(0o755, 0), b"made\0")
+        assert fuse.request(Opcode.MKDIR, parent, body, 4096,
+                            extensions=supplementary_groups(4242))[0] == 0
+        assert fuse.lookup(ROOT_ID, "hello.txt").attr.size == 6
+    assert (folder / "made").stat().st_uid == 1000
 
 
 # --- no import from the shared folder -----------------------------------------------------------
