@@ -9,8 +9,8 @@ every thread started afterwards.  The namespace sandbox's waiting parent, and ev
 the filter (start-up, mounts, pivot_root), are left out.
 
 Each run's command line is recorded too, and what its configuration adds to the base list (the
-plugins' ``virtiofsd_seccomp_syscalls``: file handles, xattrs, flock; ``--syslog``) is taken
-out of that run's calls, so that MEASURED is what every configuration needs.  Runs with a
+plugins' ``virtiofsd_seccomp_syscalls``: file handles, xattrs, flock) is taken out of that
+run's calls, so that MEASURED is what every configuration needs.  Runs with a
 third-party plugin (``--plugin``, the suite's probes) are left out: their extra calls are the
 plugin's.  Calls with rules of their own (clone, clone3, unshare) and feature calls made by a
 run that did not ask for them are never written: they are printed for review.  The union over
@@ -19,6 +19,8 @@ the remaining runs replaces the MEASURED block; the rest of the file is left alo
     scripts/measure-syscalls.py                       # everything, guests included
     scripts/measure-syscalls.py -m "not guest"        # quicker, without guest boots
     scripts/measure-syscalls.py --print-only tests/core_tests/test_daemon_opcodes.py
+    scripts/measure-syscalls.py --keep A -m "not guest"; scripts/measure-syscalls.py --keep B \
+        -m guest; scripts/measure-syscalls.py --from A --from B    # in parts, then the union
 
 It runs with the repository's ``.venv`` when there is one, and refuses to measure a
 ``virtiofsd`` package installed from another checkout.
@@ -149,11 +151,12 @@ class Measurement:
             yield f"{self.unrecorded_runs} runs without a recorded command line counted whole"
 
 
-def collect(trace_dir: pathlib.Path) -> Measurement:
+def collect(*trace_dirs: pathlib.Path) -> Measurement:
     measurement = Measurement()
-    for calls, arguments in runs(trace_dir).values():
-        if calls:
-            measurement.add(calls, arguments)
+    for trace_dir in trace_dirs:
+        for calls, arguments in runs(trace_dir).values():
+            if calls:
+                measurement.add(calls, arguments)
     return measurement
 
 
@@ -194,8 +197,13 @@ def main() -> int:
     parser.add_argument("--print-only", action="store_true",
                         help="print the measured names instead of rewriting syscalls.py")
     parser.add_argument("--keep", metavar="DIR", help="keep the traces in DIR")
+    parser.add_argument("--from", dest="sources", metavar="DIR", action="append",
+                        help="do not run the suite: collect the traces kept (--keep) in DIR "
+                             "by earlier runs; repeat it to combine parts of the suite")
     options, pytest_args = parser.parse_known_args()
     use_the_repository_environment()
+    if options.sources:
+        return write(collect(*map(pathlib.Path, options.sources)), options.print_only)
     trace_dir = pathlib.Path(options.keep or tempfile.mkdtemp(prefix="vfsd-strace-"))
     trace_dir.mkdir(parents=True, exist_ok=True)
     wrapper = trace_dir / "wrap.sh"
@@ -209,11 +217,20 @@ def main() -> int:
     command = [str(pytest)] if pytest.exists() else [sys.executable, "-m", "pytest"]
     tests = subprocess.run([*command, "-q", "-p", "no:cacheprovider",
                             *(pytest_args or ["tests"])], cwd=ROOT, env=env, check=False)
-    measurement = collect(trace_dir)
+    status = write(collect(trace_dir), options.print_only)
+    if tests.returncode:
+        print(f"(pytest exited with {tests.returncode}: a test that needs --seccomp kill, or "
+              "that reads the daemon's /proc/PID (strace's, under measurement), fails)",
+              file=sys.stderr)
+    return status
+
+
+def write(measurement: Measurement, print_only: bool) -> int:
+    """Print the base list, or write it to syscalls.py; then what was left out of it."""
     if not measurement.base:
         print("no daemon trace with a loaded filter was found", file=sys.stderr)
         return 1
-    if options.print_only:
+    if print_only:
         print(" ".join(sorted(measurement.base)))
     else:
         rewrite(measurement.base)
@@ -221,9 +238,6 @@ def main() -> int:
               f"{SYSCALLS_FILE.relative_to(ROOT)}")
     for line in measurement.report():
         print(line)
-    if tests.returncode:
-        print(f"(pytest exited with {tests.returncode}: a test that needs --seccomp kill fails "
-              "under measurement, since it runs with --seccomp log)", file=sys.stderr)
     return 0
 
 
