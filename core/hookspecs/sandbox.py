@@ -16,10 +16,15 @@ from virtiofsd.hookspecs import hookspec
 @hookspec
 def virtiofsd_seccomp_syscalls(config: Any) -> Iterable[str]:
     """System-call names (as in ``man 2 syscalls``: ``open_by_handle_at``) the plugin makes
-    while serving, beyond the daemon's allow-list (:mod:`virtiofsd.sandbox.syscalls`).
+    while serving with ``config``, beyond the base list every configuration has
+    (:data:`virtiofsd.sandbox.syscalls.BASE`).
 
-    A name the architecture does not have is skipped.  Under ``--seccomp kill`` a call that no
-    list allows kills the daemon, so a plugin must name every call its code paths can make.
+    Answer from ``config``, so that a feature's calls are allowed only where it is on: the
+    built-in plugins ask for the file-handle calls (the ``prefer`` and ``mandatory`` inode
+    stores, the migration strategies), the xattr calls (``--xattr``) and ``flock``
+    (``-o flock``) this way.  A name the architecture does not have is skipped.  Under
+    ``--seccomp kill`` a call that no list allows kills the daemon, so a plugin must name every
+    call its code paths can make.
     """
 
 

@@ -27,7 +27,6 @@ from virtiofsd.sandbox.syscalls import (
     BASE,
     ERRNO_UNLESS_ALLOWED,
     FILE_HANDLE_CALLS,
-    SYSLOG,
 )
 
 log = logging.getLogger(__name__)
@@ -41,15 +40,14 @@ ACTIONS = {
 
 def configured_syscalls(config: Any, pm: Any) -> set[str]:
     """The names ``config`` adds to :data:`BASE`: what the plugins ``pm`` holds ask for through
-    ``virtiofsd_seccomp_syscalls``, ``sendto`` with ``--syslog``, and the file-handle calls with
+    ``virtiofsd_seccomp_syscalls``, and the file-handle calls with
     ``--modcaps=+dac_read_search``: opening file handles is all that capability is for, and the
     Rust README gives that option to the destination of a file-handle migration, whatever its
-    inode store."""
+    inode store.  (``--syslog`` adds nothing: its ``sendto`` is in the base list, since every
+    vhost-user reply goes out through it.)"""
     names: set[str] = set()
     for requested in pm.hook.virtiofsd_seccomp_syscalls(config=config):
         names.update(requested or ())
-    if config.syslog:
-        names.update(SYSLOG)
     added, _removed = parse_modcaps(config.modcaps)
     if FILE_HANDLE_CAPABILITY in added:
         names.update(FILE_HANDLE_CALLS)
