@@ -63,6 +63,7 @@ _DESTROY = int(Op.DESTROY)
 _READ = int(Op.READ)
 _WRITE = int(Op.WRITE)
 _INTERRUPT = int(Op.INTERRUPT)
+_WRITE_OPCODE_BYTES = _WRITE.to_bytes(4, "little")
 _OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
 _IN_HEADER_SIZE = codec.IN_HEADER_SIZE
 _unpack_in_header = abi.IN_HEADER.unpack_from
@@ -137,6 +138,14 @@ class FuseRouter:
         checked, when it is served."""
         first = readable[0] if readable else b""
         return len(first) >= 8 and int.from_bytes(first[4:8], "little") in _MAY_BLOCK
+
+    def may_copy(self, request: memoryview) -> bool:
+        """Whether the request may be handed over as a copy (see
+        :mod:`virtiofsd.virtio.native_queue`): not a WRITE, whose data must stay where the guest
+        put it.  Host O_DIRECT (``--allow-direct-io``) needs the guest's buffer alignment, which
+        a copy after the 80 bytes of headers loses, and copying data only to write it is a
+        waste."""
+        return request[4:8] != _WRITE_OPCODE_BYTES
 
     def handle_chain(self, queue_index: int, readable: Sequence[memoryview],
                      writable: Sequence[memoryview]) -> int | Deferred:

@@ -126,6 +126,8 @@ class QueueWorker:
         self._pool = pool
         self._auto = auto and pool is not None
         self._may_block = getattr(handler, "may_block", None) or _never_blocks
+        if isinstance(queue, NativeSplitQueue):
+            queue.may_copy = getattr(handler, "may_copy", None)
         # Serialises completions (used ring + notification decision) when a pool serves them.
         self._completion_lock = threading.Lock()
         self._in_flight = 0

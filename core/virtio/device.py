@@ -49,6 +49,9 @@ class ChainHandler(Protocol):
 
     # Optional: ``may_block(readable) -> bool``, whether a request can keep a thread waiting for
     # long; the automatic thread pool serves those on a pool thread.  Without it, none does.
+    # Optional: ``may_copy(request) -> bool``, whether a request (its readable bytes, complete)
+    # may reach handle_chain as a copy rather than as views of guest memory; the compiled queue
+    # copies small requests (see virtiofsd.virtio.native_queue).  Without it, any may be.
 
     def reset(self) -> None:
         """Forget all per-session state: the front-end reset the device or disconnected."""

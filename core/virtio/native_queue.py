@@ -12,8 +12,9 @@ views instead of 257 (measured: 5 writable views per 1 MiB READ reply), which is
 requests slow in Python.
 
 A request of up to :data:`COPY_CAPACITY` bytes (all but big WRITEs and SETXATTRs) comes out as
-one copy rather than views: one buffer to decode from, and a snapshot the guest cannot rewrite
-while the daemon decodes it.
+one copy rather than views, unless :attr:`NativeSplitQueue.may_copy` says no (the FUSE router
+keeps WRITE data in guest memory): one buffer to decode from, and a snapshot the guest cannot
+rewrite while the daemon decodes it.
 
 :meth:`NativeSplitQueue.next_chain` is the worker's whole wait-drain-notify loop in C; the
 Python worker calls it once per request (see :class:`virtiofsd.io.daemon.QueueWorker`).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from typing import Any
 
 from virtiofsd.errors import GuestProtocolError
@@ -111,7 +113,7 @@ class NativeChain(DescriptorChain):
 class NativeSplitQueue(SplitQueue):
     """:class:`SplitQueue` with its state and its walk in C (module docstring)."""
 
-    __slots__ = ("_capacity", "_free", "_keep", "_memory_table", "_ring", "_views")
+    __slots__ = ("_capacity", "_free", "_keep", "_memory_table", "_ring", "_views", "may_copy")
 
     def __init__(self, size: int, desc_gpa: int, avail_gpa: int, used_gpa: int,
                  mem: GuestMemory, *, event_idx: bool, indirect: bool = True,
@@ -120,6 +122,9 @@ class NativeSplitQueue(SplitQueue):
             raise RuntimeError("the compiled virtqueue module (virtiofsd.native) is not built")
         self._ring = ffi.new("struct vfs_ring *")
         self._capacity = 2 * size + _SPLIT_ALLOWANCE
+        #: ``may_copy(request) -> bool``: whether a small request (its whole readable bytes, as
+        #: copied) may be handed over as that copy; None: always.  Else it comes as views.
+        self.may_copy: Callable[[memoryview], bool] | None = None
         self._free: list[_ChainStruct] = []
         super().__init__(size, desc_gpa, avail_gpa, used_gpa, mem, event_idx=event_idx,
                          indirect=indirect, last_avail=last_avail)
@@ -183,8 +188,9 @@ class NativeSplitQueue(SplitQueue):
         words = walked.words
         views = self._views
         copied = counters[6]
-        if copied:
-            readable = [walked.request[:copied]]
+        request = walked.request[:copied] if copied else None
+        if request is not None and (self.may_copy is None or self.may_copy(request)):
+            readable = [request]
             writable = []
             out = writable
             start_word = _BUFFER_WORDS * readable_count

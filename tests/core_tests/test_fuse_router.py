@@ -577,3 +577,13 @@ def test_an_interrupt_of_nothing_waiting_changes_nothing(waiting):
     assert guest.send(Op.INTERRUPT, abi.INTERRUPT_IN.pack(12345), out=0, queue=0)[0] == 0
     assert guest.send(Op.INTERRUPT, b"", out=0, queue=0)[0] == 0
     assert guest.ok(Op.SETLK, LK) == b""
+
+
+def test_only_a_write_must_stay_in_guest_memory():
+    """The compiled queue asks before handing a small request over as a copy: WRITE data keeps
+    the guest's buffers (and their alignment, which host O_DIRECT needs)."""
+    router = FuseRouter(make_plugin_manager(load_entry_points=False), CONFIG)
+    for opcode, allowed in ((Op.WRITE, False), (Op.READ, True), (Op.LOOKUP, True),
+                            (Op.SETXATTR, True)):
+        header = abi.IN_HEADER.pack(80, opcode, 1, 1, 0, 0, 0, 0, 0)
+        assert router.may_copy(memoryview(header + bytes(40))) is allowed, opcode

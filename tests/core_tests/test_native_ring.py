@@ -216,3 +216,22 @@ def test_the_daemon_serves_on_either_queue(tmp_path, pure_python):
     started = re.search(r"ring 1 started \(size \d+, base \d+, (\w+)\)", log)
     assert started is not None, log
     assert started.group(1) == ("SplitQueue" if pure_python else "NativeSplitQueue")
+
+
+def test_a_request_the_handler_keeps_in_guest_memory_comes_as_views():
+    """may_copy says no (the FUSE router does for WRITE, whose data must keep the guest's
+    alignment for host O_DIRECT): the small request comes as views of guest memory."""
+    driver = Driver()
+    driver.buf[DATA - BASE:DATA - BASE + 8] = b"WRITEabc"
+    driver.desc(0, DATA, 8)
+    driver.publish(0, 0)
+    queue = native_queue(driver, event_idx=False)
+    seen = []
+    queue.may_copy = lambda request: seen.append(bytes(request)) or False
+    kept = queue.pop()
+    queue.may_copy = None
+    copied = queue.pop()
+    driver.buf[DATA - BASE] = ord("w")
+    assert seen == [b"WRITEabc"]
+    assert bytes(kept.readable[0]) == b"wRITEabc", "a view sees the guest's change"
+    assert bytes(copied.readable[0]) == b"WRITEabc", "a copy does not"
