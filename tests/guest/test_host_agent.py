@@ -72,3 +72,4 @@ def test_unknown_label_is_not_answered(agent, tmp_path: pathlib.Path) -> None:
     send(console, "u2", "auto", {"op": "stat", "path": "."})
     assert wait_for_reply(share, "u2")["ok"]
     assert not (share / host_agent.REPLY_FOLDER / "u1.json").exists()
+
