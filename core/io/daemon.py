@@ -217,10 +217,10 @@ class QueueWorker:
         return True
 
     def _serve_native(self) -> None:
-        """The compiled loop: :meth:`NativeSplitQueue.next_chain` waits, drains and decides
-        notifications in C; this loop only handles what needs Python (a chain to serve, the
-        call eventfd under its lock, a wake-up: stop, a new memory table, a disabled ring,
-        deferred completions)."""
+        """The compiled loop: :meth:`NativeSplitQueue.next_chain` waits, drains and, serving
+        inline, signals the driver in C (following the ring's call eventfd through
+        :meth:`Vring.follow_call_fd`); this loop only handles what needs Python (a chain to
+        serve, a wake-up: stop, a new memory table, a disabled ring, deferred completions)."""
         queue = self._queue
         assert isinstance(queue, NativeSplitQueue)
         next_chain = queue.next_chain
@@ -233,37 +233,40 @@ class QueueWorker:
         poller = select.poll()
         poller.register(kick_fd, select.POLLIN)
         poller.register(wake_fd, select.POLLIN)
+        if inline:
+            vring.follow_call_fd(queue.set_call_fd)
         # Whether the ring may be drained: re-decided only when next_chain returns WOKEN, since
         # everything that changes it (a new memory table, the ring enabled or disabled, a
         # resolved deferred reply, stop) wakes the worker (wake(), which also interrupts C).
         ready = self._prepare(memory())
-        while not self._stopping:
-            if not ready:
-                if not self._wait(poller.poll):
-                    return
-                ready = self._prepare(memory())
-                continue
-            try:
-                got = next_chain(kick_fd, wake_fd, inline)
-            except InvalidChainError as err:
-                self._complete_invalid(err)
-                continue
-            except GuestProtocolError as err:
-                self._guest_errors.error("ring %d: %s; waiting for the next kick", self._index,
-                                         str(err))
-                ready = False
-                continue
-            except OSError as err:
-                logger.error("ring %d: %s; the ring is no longer served", self._index,
-                             err.strerror)
-                return
-            if type(got) is int:
-                if got == WOKEN:
+        try:
+            while not self._stopping:
+                if not ready:
+                    if not self._wait(poller.poll):
+                        return
                     ready = self._prepare(memory())
-                else:
-                    vring.signal_call()
-                continue
-            dispatch(got)
+                    continue
+                try:
+                    got = next_chain(kick_fd, wake_fd, inline)
+                except InvalidChainError as err:
+                    self._complete_invalid(err)
+                    continue
+                except GuestProtocolError as err:
+                    self._guest_errors.error("ring %d: %s; waiting for the next kick",
+                                             self._index, str(err))
+                    ready = False
+                    continue
+                except OSError as err:
+                    logger.error("ring %d: %s; the ring is no longer served", self._index,
+                                 err.strerror)
+                    return
+                if type(got) is int:  # WOKEN
+                    ready = self._prepare(memory())
+                    continue
+                dispatch(got)
+        finally:
+            if inline:
+                vring.follow_call_fd(None)
 
     def _prepare(self, memory: GuestMemory | None) -> bool:
         """Before draining: follow a new memory table, complete resolved deferred chains.

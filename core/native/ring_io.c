@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,14 +27,49 @@ static void consume_eventfd(int fd)
     } while (got < 0 && errno == EINTR);
 }
 
+static void lock_call_fd(struct vfs_ring *ring)
+{
+    while (__atomic_exchange_n(&ring->call_lock, 1, __ATOMIC_ACQUIRE))
+        sched_yield();
+}
+
+static void unlock_call_fd(struct vfs_ring *ring)
+{
+    __atomic_store_n(&ring->call_lock, 0, __ATOMIC_RELEASE);
+}
+
+/*
+ * The control plane replaces the call eventfd while the worker runs (QEMU does when it masks
+ * the guest's interrupts) and closes the old one afterwards: once this returns, no signal goes
+ * to the old descriptor, which may then be closed (and its number reused) safely.
+ */
+void vfs_ring_set_call_fd(struct vfs_ring *ring, int fd)
+{
+    lock_call_fd(ring);
+    ring->call_fd = fd;
+    unlock_call_fd(ring);
+}
+
+static void signal_call(struct vfs_ring *ring)
+{
+    static const uint64_t one = 1;
+    lock_call_fd(ring);
+    if (ring->call_fd >= 0) {
+        ssize_t put;
+        do {
+            put = write(ring->call_fd, &one, sizeof one);
+        } while (put < 0 && errno == EINTR);
+    }
+    unlock_call_fd(ring);
+}
+
 /*
  * Drain-notify-sleep, the loop of virtiofsd.io.daemon.QueueWorker without the interpreter:
- * return the next chain; when none is left, first ask for the call eventfd to be signalled
- * (VFS_NOTIFY: the caller holds the lock that guards that fd), then re-enable kicks, look once
- * more (a chain published in between gets no kick of its own), and sleep until the kick or the
- * wake eventfd fires.  Another thread that sets ring->interrupted (a new memory table to
- * follow before the next walk) gets VFS_WOKEN back before the next pop.  With a thread pool the completions decide notifications (under their
- * lock), and ``notify`` is 0.
+ * return the next chain; when none is left, signal the call eventfd if the driver asked for it
+ * (ring->call_fd, see vfs_ring_set_call_fd), re-enable kicks, look once more (a chain published
+ * in between gets no kick of its own), and sleep until the kick or the wake eventfd fires.  Another thread that sets ring->interrupted (a new memory table to
+ * follow before the next walk) gets VFS_WOKEN back before the next pop.  With a thread pool the
+ * completions decide notifications (under their lock), and ``notify`` is 0.
  */
 int vfs_ring_next(struct vfs_ring *ring, const struct vfs_memory *memory, struct vfs_chain *chain,
                   int kick_fd, int wake_fd, int notify)
@@ -45,7 +81,7 @@ int vfs_ring_next(struct vfs_ring *ring, const struct vfs_memory *memory, struct
         if (status != VFS_EMPTY)
             return status;
         if (notify && vfs_ring_needs_notification(ring))
-            return VFS_NOTIFY;
+            signal_call(ring);
         if (vfs_ring_enable_notifications(ring)) {
             vfs_ring_disable_notifications(ring);
             continue;

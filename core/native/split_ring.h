@@ -7,7 +7,6 @@
 /* Results of vfs_ring_pop and vfs_ring_next. */
 #define VFS_CHAIN 1           /* a chain was popped into the vfs_chain */
 #define VFS_EMPTY 0           /* the driver published nothing more */
-#define VFS_NOTIFY 2          /* vfs_ring_next: signal the call eventfd, then call again */
 #define VFS_WOKEN 3           /* vfs_ring_next: the wake eventfd fired */
 #define VFS_INVALID_CHAIN -1  /* the entry was consumed; complete head (if not VFS_NO_HEAD) with 0 */
 #define VFS_RING_BROKEN -2    /* the avail index is impossible: wait for the next kick */
@@ -67,6 +66,8 @@ struct vfs_ring {
     uint8_t event_idx;
     uint8_t indirect;
     uint8_t interrupted;  /* set by another thread: vfs_ring_next returns VFS_WOKEN first */
+    int32_t call_fd;      /* the call eventfd vfs_ring_next signals (-1: none); see ring_io.c */
+    uint32_t call_lock;   /* held while call_fd is written to or replaced */
 };
 
 int vfs_ring_pop(struct vfs_ring *ring, const struct vfs_memory *memory, struct vfs_chain *chain);
@@ -78,3 +79,4 @@ int vfs_ring_enable_notifications(struct vfs_ring *ring);
 
 int vfs_ring_next(struct vfs_ring *ring, const struct vfs_memory *memory, struct vfs_chain *chain,
                   int kick_fd, int wake_fd, int notify);
+void vfs_ring_set_call_fd(struct vfs_ring *ring, int fd);

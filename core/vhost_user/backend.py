@@ -110,6 +110,7 @@ class Vring:
 
     __slots__ = (
         "_call_fd",
+        "_call_fd_follower",
         "_call_lock",
         "addr_flags",
         "avail_gpa",
@@ -130,6 +131,7 @@ class Vring:
         self.index = index
         self._call_lock = threading.Lock()
         self._call_fd = -1
+        self._call_fd_follower: Callable[[int], None] | None = None
         self.kick_fd = -1
         self.err_fd = -1
         self.running = False
@@ -158,10 +160,21 @@ class Vring:
         return self._call_fd
 
     def replace_call_fd(self, fd: int) -> int:
-        """Install a new call eventfd (-1: none) and return the old one for the caller to close."""
+        """Install a new call eventfd (-1: none) and return the old one for the caller to close
+        (the follower, if any, has stopped writing to it by then)."""
         with self._call_lock:
             old, self._call_fd = self._call_fd, fd
+            if self._call_fd_follower is not None:
+                self._call_fd_follower(fd)
         return old
+
+    def follow_call_fd(self, follower: Callable[[int], None] | None) -> None:
+        """Have ``follower(fd)`` told the call eventfd now and at every replacement, before the
+        old one is closed (the compiled worker signals it itself); None stops that."""
+        with self._call_lock:
+            self._call_fd_follower = follower
+            if follower is not None:
+                follower(self._call_fd)
 
     def signal_call(self) -> None:
         """Interrupt the guest: write the call eventfd, if the front-end gave one."""

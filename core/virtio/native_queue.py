@@ -44,7 +44,6 @@ NATIVE_AVAILABLE = lib is not None
 if NATIVE_AVAILABLE:
     _CHAIN = lib.VFS_CHAIN
     _EMPTY = lib.VFS_EMPTY
-    _NOTIFY = lib.VFS_NOTIFY
     _INVALID_CHAIN = lib.VFS_INVALID_CHAIN
     _RING_BROKEN = lib.VFS_RING_BROKEN
     _NO_HEAD = lib.VFS_NO_HEAD
@@ -136,6 +135,7 @@ class NativeSplitQueue(SplitQueue):
         ring.used_idx = self._used16[1]
         ring.signalled_used = ring.used_idx
         ring.signalled_valid = 0
+        ring.call_fd = -1
 
     # ---- state --------------------------------------------------------------------
 
@@ -237,10 +237,9 @@ class NativeSplitQueue(SplitQueue):
         """The next chain, waiting for a kick when there is none (GIL released).
 
         :param notify: this thread decides notifications (no thread pool): when the ring runs
-            dry with completions the driver was not told about, return
-            :data:`virtiofsd.native.lib.VFS_NOTIFY` first, for the caller to signal the call
-            eventfd under its lock, then call again.
-        :returns: a chain, ``VFS_NOTIFY`` or :data:`WOKEN` (the wake eventfd fired).
+            dry with completions the driver was not told about, the C loop signals the call
+            eventfd given to :meth:`set_call_fd` before it sleeps.
+        :returns: a chain, or :data:`WOKEN` (the wake eventfd fired, or :meth:`interrupt`).
         :raises InvalidChainError: as :meth:`pop`; :raises GuestProtocolError: the avail index
             is impossible; :raises OSError: poll failed on the eventfds.
         """
@@ -250,11 +249,16 @@ class NativeSplitQueue(SplitQueue):
                        notify)
         if status == _CHAIN:
             return self._chain(walked)
-        if status == _NOTIFY or status == WOKEN:
-            self._free.append(walked)
+        if status == WOKEN:
+            free.append(walked)
             return status
         self._failed(status, walked)
         return status
+
+    def set_call_fd(self, fd: int) -> None:
+        """The call eventfd :meth:`next_chain` signals (-1: none).  Once this returns the old
+        one is no longer written to, so the caller may close it."""
+        lib.vfs_ring_set_call_fd(self._ring, fd)
 
     def interrupt(self) -> None:
         """From another thread: make :meth:`next_chain` return :data:`WOKEN` before it walks

@@ -26,9 +26,6 @@ from ring_driver import AVAIL, BASE, DATA, DESC, USED, Driver
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE,
                                 reason="the compiled virtqueue module is not built")
 
-NOTIFY = 2
-
-
 def native_queue(driver: Driver, **options: object) -> NativeSplitQueue:
     return NativeSplitQueue(driver.size, DESC, AVAIL, USED, driver.mem, **options)
 
@@ -123,31 +120,61 @@ def publish_one(driver: Driver, head: int = 0) -> None:
     driver.publish(head)
 
 
-def test_next_chain_drains_then_asks_for_a_notification_then_sleeps_until_woken(eventfds):
+def test_next_chain_drains_then_signals_the_driver_then_sleeps_until_woken(eventfds):
     kick, wake = eventfds
+    call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     driver = Driver()
     publish_one(driver)
     queue = native_queue(driver, event_idx=False)
+    queue.set_call_fd(call)
     chain = queue.next_chain(kick, wake, True)
     assert bytes(chain.readable[0]) == b"request"
     queue.push_used(chain.head, 16)
-    assert queue.next_chain(kick, wake, True) == NOTIFY
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(call)  # nothing signalled while chains are served
     os.eventfd_write(wake, 1)
     assert queue.next_chain(kick, wake, True) == WOKEN
+    assert os.eventfd_read(call) == 1, "the driver learned of the completion before the sleep"
     assert driver.used_flags() == 1, "kicks stay off while the worker is busy"
     with pytest.raises(BlockingIOError):
         os.eventfd_read(wake)
+    os.close(call)
+
+
+def test_a_replaced_call_fd_is_never_written_again(eventfds):
+    """QEMU swaps the call eventfd when it masks interrupts; after set_call_fd returns, the old
+    descriptor may be closed and its number reused without a stray signal reaching it."""
+    kick, wake = eventfds
+    old, new = (os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2))
+    driver = Driver()
+    publish_one(driver)
+    queue = native_queue(driver, event_idx=False)
+    queue.set_call_fd(old)
+    queue.push_used(queue.next_chain(kick, wake, True).head, 0)
+    queue.set_call_fd(new)
+    os.eventfd_write(wake, 1)
+    assert queue.next_chain(kick, wake, True) == WOKEN
+    assert os.eventfd_read(new) == 1
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(old)
+    os.close(old)
+    os.close(new)
 
 
 def test_without_notify_next_chain_leaves_notifications_to_the_completions(eventfds):
     kick, wake = eventfds
+    call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     driver = Driver()
     publish_one(driver)
     queue = native_queue(driver, event_idx=False)
+    queue.set_call_fd(call)
     queue.push_used(queue.next_chain(kick, wake, False).head, 0)
     os.eventfd_write(wake, 1)
     assert queue.next_chain(kick, wake, False) == WOKEN
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(call)
     assert queue.needs_notification()
+    os.close(call)
 
 
 def test_a_kick_wakes_next_chain_for_the_chain_it_announces(eventfds):

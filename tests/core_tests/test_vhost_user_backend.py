@@ -22,7 +22,7 @@ from virtiofsd.errors import FrontendProtocolError, GuestProtocolError
 from virtiofsd.io.daemon import serve_connection
 from virtiofsd.io.unix_socket import receive_message, send_message
 from virtiofsd.vhost_user import messages as m
-from virtiofsd.vhost_user.backend import OFFERED_FEATURES, VhostUserBackend
+from virtiofsd.vhost_user.backend import OFFERED_FEATURES, VhostUserBackend, Vring
 from virtiofsd.vhost_user.messages import FrontendRequest as R
 from virtiofsd.vhost_user.messages import ProtocolFeature as PF
 
@@ -626,3 +626,17 @@ def test_logging_names_the_request(caplog):
     handle(backend, R.GET_FEATURES)
     assert "GET_FEATURES" in caplog.text
     backend.close()
+
+
+def test_a_call_fd_follower_hears_of_every_replacement_before_the_old_fd_is_handed_back():
+    """The compiled worker writes the call eventfd itself: it is told the new descriptor (and
+    stops writing the old one) before the control plane gets the old one back to close."""
+    vring = Vring(1)
+    heard: list[int] = []
+    vring.replace_call_fd(7)
+    vring.follow_call_fd(heard.append)
+    assert heard == [7], "the follower starts with the current descriptor"
+    assert vring.replace_call_fd(8) == 7 and heard == [7, 8]
+    vring.follow_call_fd(None)
+    vring.replace_call_fd(-1)
+    assert heard == [7, 8]
