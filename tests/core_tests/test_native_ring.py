@@ -104,10 +104,10 @@ def test_a_buffer_split_over_more_regions_than_a_chain_can_hold_is_refused():
 
 @pytest.fixture
 def eventfds():
-    kick = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    yield kick, wake
-    for fd in (kick, wake):
+    """(kick, wake, call) eventfds, non-blocking, closed afterwards unless a test did."""
+    fds = tuple(os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(3))
+    yield fds
+    for fd in fds:
         try:
             os.close(fd)
         except OSError:
@@ -121,8 +121,7 @@ def publish_one(driver: Driver, head: int = 0) -> None:
 
 
 def test_next_chain_drains_then_signals_the_driver_then_sleeps_until_woken(eventfds):
-    kick, wake = eventfds
-    call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    kick, wake, call = eventfds
     driver = Driver()
     publish_one(driver)
     queue = native_queue(driver, event_idx=False)
@@ -138,14 +137,13 @@ def test_next_chain_drains_then_signals_the_driver_then_sleeps_until_woken(event
     assert driver.used_flags() == 1, "kicks stay off while the worker is busy"
     with pytest.raises(BlockingIOError):
         os.eventfd_read(wake)
-    os.close(call)
 
 
 def test_a_replaced_call_fd_is_never_written_again(eventfds):
     """QEMU swaps the call eventfd when it masks interrupts; after set_call_fd returns, the old
     descriptor may be closed and its number reused without a stray signal reaching it."""
-    kick, wake = eventfds
-    old, new = (os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2))
+    kick, wake, old = eventfds
+    new = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     driver = Driver()
     publish_one(driver)
     queue = native_queue(driver, event_idx=False)
@@ -157,13 +155,11 @@ def test_a_replaced_call_fd_is_never_written_again(eventfds):
     assert os.eventfd_read(new) == 1
     with pytest.raises(BlockingIOError):
         os.eventfd_read(old)
-    os.close(old)
     os.close(new)
 
 
 def test_without_notify_next_chain_leaves_notifications_to_the_completions(eventfds):
-    kick, wake = eventfds
-    call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    kick, wake, call = eventfds
     driver = Driver()
     publish_one(driver)
     queue = native_queue(driver, event_idx=False)
@@ -174,13 +170,12 @@ def test_without_notify_next_chain_leaves_notifications_to_the_completions(event
     with pytest.raises(BlockingIOError):
         os.eventfd_read(call)
     assert queue.needs_notification()
-    os.close(call)
 
 
 def test_a_kick_wakes_next_chain_for_the_chain_it_announces(eventfds):
     """An empty ring: next_chain re-enables kicks (EVENT_IDX: avail_event = next entry) and
     sleeps until the driver publishes and kicks."""
-    kick, wake = eventfds
+    kick, wake, _call = eventfds
     driver = Driver()
     queue = native_queue(driver, event_idx=True)
 
@@ -200,7 +195,7 @@ def test_a_kick_wakes_next_chain_for_the_chain_it_announces(eventfds):
 
 
 def test_an_interrupt_comes_back_before_the_next_walk(eventfds):
-    kick, wake = eventfds
+    kick, wake, _call = eventfds
     driver = Driver()
     publish_one(driver)
     queue = native_queue(driver, event_idx=False)
@@ -210,7 +205,7 @@ def test_an_interrupt_comes_back_before_the_next_walk(eventfds):
 
 
 def test_a_closed_kick_fd_ends_the_wait_with_an_error(eventfds):
-    kick, wake = eventfds
+    kick, wake, _call = eventfds
     driver = Driver()
     queue = native_queue(driver, event_idx=False)
     os.close(kick)
