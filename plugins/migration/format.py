@@ -4,7 +4,7 @@ QEMU carries these bytes opaquely inside its migration stream (SET_DEVICE_STATE_
 all integers little-endian:
 
     header   magic  8 bytes  b"PYVFSDST"
-             version u32     (2; version 1 is read too)
+             version u32     (3; versions 1 and 2 are read too)
              length  u32     bytes of the body that follows
     body     session         major u32, minor u32, flags u64, max_write u32,
                              max_readahead u32, max_pages u32
@@ -24,13 +24,16 @@ all integers little-endian:
              posix_owners u32 count, then per (inode, guest lock owner):
                  nodeid u64, owner u64, pid u32 (the guest pid GETLK reports),
                  ranges u32 count, then per range: start u64, end u64 (inclusive; 2**63-1
-                 runs to the end of the file), type u16 (F_RDLCK 0, F_WRLCK 1)
+                 runs to the end of the file), type u16 (F_RDLCK 0, F_WRLCK 1),
+                 (version 3 and later) handles u32 count, then per handle: fh u64 (the
+                 guest's open files the owner locked through)
              flocks u32 count, then per handle holding a flock(2) lock:
                  fh u64, nodeid u64, type u16 (F_RDLCK shared, F_WRLCK exclusive)
     trailer  crc32 u32 of the body
 
 Version 1 (before locks were carried) is the same without the two lock sections; it loads
-with no locks.  A stream that does not start with the magic (the Rust virtiofsd's postcard stream, say), has
+with no locks.  Version 2 has no handles per lock owner: its owners are released at their
+FLUSH and at DESTROY only (an open-file-description lock then outlives its file).  A stream that does not start with the magic (the Rust virtiofsd's postcard stream, say), has
 another version, is cut short, carries trailing bytes or fails its checksum is refused with a
 :class:`StateFormatError` naming the problem; the destination then fails CHECK_DEVICE_STATE and
 QEMU aborts the migration, leaving the source running.
@@ -44,9 +47,9 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"PYVFSDST"
-VERSION = 2
+VERSION = 3
 #: Versions :func:`decode` reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 _HEADER = struct.Struct("<8sII")
 _SESSION = struct.Struct("<IIQIII")
@@ -114,12 +117,14 @@ class HandleState:
 @dataclass(frozen=True)
 class PosixLockState:
     """The POSIX record locks one guest lock owner holds on one inode: ``(start, end, type)``
-    ranges, disjoint and merged."""
+    ranges, disjoint and merged; ``handles`` are the open files it locked through, so that the
+    destination releases an open-file-description lock when its file is released."""
 
     nodeid: int
     owner: int
     pid: int
     ranges: tuple[tuple[int, int, int], ...]
+    handles: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,8 @@ def _bytes(data: bytes) -> bytes:
 
 
 def encode(state: DeviceState, version: int = VERSION) -> bytes:
-    """The stream for ``state``; ``version=1`` (for tests of old streams) leaves the locks
-    out."""
+    """The stream for ``state``; ``version=1`` or ``2`` (for tests of old streams) leaves out
+    the locks, or the lock owners' handles."""
     s = state.session
     parts = [
         _SESSION.pack(s.major, s.minor, s.flags, s.max_write, s.max_readahead, s.max_pages),
@@ -180,6 +185,9 @@ def encode(state: DeviceState, version: int = VERSION) -> bytes:
             parts.append(_POSIX_OWNER.pack(owner.nodeid, owner.owner, owner.pid,
                                            len(owner.ranges)))
             parts += [_RANGE.pack(start, end, kind) for start, end, kind in owner.ranges]
+            if version >= 3:
+                parts.append(_U32.pack(len(owner.handles)))
+                parts += [_U64.pack(fh) for fh in owner.handles]
         parts.append(_U32.pack(len(state.flocks)))
         for flock in state.flocks:
             parts.append(_FLOCK.pack(flock.fh, flock.nodeid, flock.lock_type))
@@ -272,8 +280,13 @@ def decode(data: bytes) -> DeviceState:
         (count,) = reader.take(_U32, "the POSIX lock owner count")
         for _ in range(count):
             nodeid, owner, pid, ranges = reader.take(_POSIX_OWNER, "a POSIX lock owner")
-            state.posix_locks.append(PosixLockState(nodeid, owner, pid, tuple(
-                reader.take(_RANGE, "a POSIX lock range") for _ in range(ranges))))
+            held = tuple(reader.take(_RANGE, "a POSIX lock range") for _ in range(ranges))
+            handles: tuple[int, ...] = ()
+            if version >= 3:
+                (handle_count,) = reader.take(_U32, "a lock owner's handle count")
+                handles = tuple(reader.take(_U64, "a lock owner's handle")[0]
+                                for _ in range(handle_count))
+            state.posix_locks.append(PosixLockState(nodeid, owner, pid, held, handles))
         (count,) = reader.take(_U32, "the flock count")
         for _ in range(count):
             state.flocks.append(FlockState(*reader.take(_FLOCK, "a flock")))

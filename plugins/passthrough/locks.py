@@ -151,12 +151,14 @@ class _Owner:
 
 @dataclass(frozen=True)
 class HeldPosixLocks:
-    """What one guest lock owner holds on one inode (for live migration)."""
+    """What one guest lock owner holds on one inode (for live migration), and the guest's open
+    files it locked through (see :meth:`LockOps.handle_released`)."""
 
     nodeid: int
     owner: int
     pid: int
     ranges: tuple[tuple[int, int, int], ...]
+    handles: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -492,7 +494,8 @@ class LockOps:
     def held(self) -> tuple[list[HeldPosixLocks], list[HeldFlock]]:
         """Every lock the guest holds: POSIX ranges per (inode, owner), flock per handle."""
         with self._lock:
-            posix = [HeldPosixLocks(node, owner, own.pid, tuple(own.held))
+            posix = [HeldPosixLocks(node, owner, own.pid, tuple(own.held),
+                                    tuple(sorted(own.handles)))
                      for (node, owner), own in self._owners.items() if own.held]
             flocks = [HeldFlock(fh, node, kind) for fh, (node, kind) in self._flocks.items()]
         return posix, flocks
@@ -537,6 +540,7 @@ class LockOps:
                         raise OSError(errno.EBADF, "its file was not migrated")
                     with self._lock:
                         own = self._owner(held.nodeid, held.owner, held.pid)
+                        own.handles.update(held.handles)
                         fcntl.fcntl(own.fd, fcntl.F_OFD_SETLK, flock_bytes(kind, start, end))
                         own.held = apply_range(own.held, start, end, kind)
                 except (OSError, FuseError) as err:

@@ -8,7 +8,8 @@ handle under the same number, and continues the id counters where the source lef
 the guest's node ids and handles stay valid.
 
 Locks travel too (format version 2): every POSIX record lock per (inode, guest lock owner) with
-its ranges, types and guest pid, and every flock per handle.  Both daemons run at once on the
+its ranges, types and guest pid (and, since version 3, the open handles it locked through, so an
+open-file-description lock still goes at its file's RELEASE), and every flock per handle.  Both daemons run at once on the
 same host during the switch-over, and the source's OFD locks would keep the destination from
 taking them, so the source lets go of its host locks as soon as its state is encoded: its guest
 is stopped by then (the save comes after GET_VRING_BASE), and QEMU sends the bytes on only after
@@ -88,7 +89,8 @@ class MigrationOps:
             saved.handles.append(state_format.HandleState(handle.fh, handle.nodeid, flags, offset))
         posix, flocks = self._locks.held()
         saved.posix_locks = [state_format.PosixLockState(held.nodeid, held.owner, held.pid,
-                                                         held.ranges) for held in posix]
+                                                         held.ranges, held.handles)
+                             for held in posix]
         saved.flocks = [state_format.FlockState(held.fh, held.nodeid, held.lock_type)
                         for held in flocks]
         data = state_format.encode(saved)
@@ -182,7 +184,7 @@ class MigrationOps:
             log.warning("migration: a version %d device state carries no locks; locks the "
                         "guest held on the source are not held here", loaded.version)
         self._locks.adopt(
-            [HeldPosixLocks(held.nodeid, held.owner, held.pid, held.ranges)
+            [HeldPosixLocks(held.nodeid, held.owner, held.pid, held.ranges, held.handles)
              for held in loaded.posix_locks],
             [HeldFlock(held.fh, held.nodeid, held.lock_type) for held in loaded.flocks],
             lambda what, err: self._failed(f"the {what} cannot be taken again", err))

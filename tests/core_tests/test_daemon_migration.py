@@ -406,7 +406,7 @@ def test_dirty_log_marks_reply_pages_and_the_used_ring_only_while_log_all_is_on(
         client.close()
 
 
-# --- Locks travel with the guest (state format version 2) -------------------------------------
+# --- Locks travel with the guest (state format version 2, owners' handles since 3) ----------------------------------
 
 RD, WR, UN = 0, 1, 2
 EOF_END = (1 << 63) - 1
@@ -471,6 +471,29 @@ def test_held_locks_move_to_the_destination(ours, share):
             moved.setlk(held["f"], held["f_fh"], WRITER, 0, EOF_END, UN)
             moved.setlk(held["f"], held["flock_fh"], 0, lock_type=UN, flock=True)
             assert host_lock_conflict(path, WR) is None and host_can_flock(path)
+        finally:
+            frontend.close()
+        client.close()
+
+
+def test_an_open_file_lock_moved_goes_when_its_file_is_released(ours, share):
+    """A guest ``F_OFD_SETLK`` names the open file as the owner; Linux sends no FLUSH and no
+    unlock for it, only RELEASE at the last close.  The destination knows which open file the
+    owner locked through, so releasing that file there lets the host lock go, as it would
+    have on the source."""
+    path = share / "d" / "f"
+    open_file_owner = 0xF11E
+    with ours(share, "-o", "posix_lock") as source, \
+            ours(share, "-o", "posix_lock") as destination:
+        client = source.connect()
+        held = hold_files(client)
+        client.setlk(held["f"], held["f_fh"], open_file_owner, 0, 9, WR, pid=7)
+        moved, frontend = load(destination.socket_path, save(client))
+        try:
+            assert moved is not None, destination.log_text()
+            assert host_lock_conflict(path, WR, 0, 10) == (WR, 0, 10)
+            moved.release(held["f"], held["f_fh"])
+            assert host_lock_conflict(path, WR) is None
         finally:
             frontend.close()
         client.close()

@@ -23,7 +23,8 @@ def sample() -> fmt.DeviceState:
     ]
     state.handles += [fmt.HandleState(3, 2, 0o2, 4096), fmt.HandleState(16, 3, 0o200000, 0)]
     state.posix_locks += [
-        fmt.PosixLockState(2, 0xDEADBEEF_00000001, 1234, ((0, 9, 0), (20, (1 << 63) - 1, 1))),
+        fmt.PosixLockState(2, 0xDEADBEEF_00000001, 1234, ((0, 9, 0), (20, (1 << 63) - 1, 1)),
+                           handles=(3, 1 << 40)),
         fmt.PosixLockState(4, 7, 0, ()),
     ]
     state.flocks += [fmt.FlockState(3, 2, 1), fmt.FlockState(16, 3, 0)]
@@ -52,8 +53,19 @@ def test_a_foreign_stream_is_refused_by_its_magic():
         fmt.decode(b"\x01\x05" + bytes(64))
 
 
-def test_a_state_with_locks_is_version_2():
-    assert fmt.encode(sample())[8:12] == (2).to_bytes(4, "little")
+def test_a_state_with_locks_is_version_3():
+    assert fmt.encode(sample())[8:12] == (3).to_bytes(4, "little")
+
+
+def test_a_version_2_stream_loads_without_the_lock_owners_handles():
+    """What a daemon from before the owners' handles travelled sends: locks, no handles."""
+    old = fmt.encode(sample(), version=2)
+    assert old[8:12] == (2).to_bytes(4, "little")
+    expected = sample()
+    expected.posix_locks = [fmt.PosixLockState(held.nodeid, held.owner, held.pid, held.ranges)
+                            for held in expected.posix_locks]
+    expected.version = 2
+    assert fmt.decode(old) == expected
 
 
 def test_a_version_1_stream_loads_without_locks():
@@ -67,7 +79,7 @@ def test_a_version_1_stream_loads_without_locks():
 
 
 def test_a_version_1_stream_padded_with_lock_sections_is_refused():
-    """A version 2 body labelled version 1 has bytes the old layout does not explain."""
+    """A newer body labelled version 1 has bytes the old layout does not explain."""
     data = bytearray(fmt.encode(sample()))
     data[8] = 1
     with pytest.raises(fmt.StateFormatError, match="unread bytes"):
@@ -83,12 +95,12 @@ def test_a_stream_cut_in_its_locks_is_refused(cut):
         fmt.decode(cut_stream + zlib.crc32(body).to_bytes(4, "little"))
 
 
-@pytest.mark.parametrize("version", [0, 3])
+@pytest.mark.parametrize("version", [0, 4])
 def test_an_unknown_version_is_refused(version):
     data = bytearray(fmt.encode(sample()))
     data[8] = version
     with pytest.raises(fmt.StateFormatError,
-                       match=f"version {version} is not supported .*versions 1, 2"):
+                       match=f"version {version} is not supported .*versions 1, 2, 3"):
         fmt.decode(bytes(data))
 
 
