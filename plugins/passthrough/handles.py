@@ -70,12 +70,7 @@ class HandleTable:
 
         :raises FuseError: ENFILE when the descriptor budget is spent (``fd`` is closed).
         """
-        if self._budget is not None:
-            try:
-                self._budget.charge("an open")
-            except FuseError:
-                os.close(fd)
-                raise
+        self._charge(fd, "an open")
         self._lock.acquire()
         try:
             fh = next(self._ids)
@@ -113,9 +108,23 @@ class HandleTable:
             return list(self._handles.values()), next_fh
 
     def adopt(self, fh: int, nodeid: int, fd: int) -> None:
-        """Insert a handle under the number a migration source gave it (takes ``fd``)."""
+        """Insert a handle under the number a migration source gave it (takes ``fd``), charged
+        to the budget as an OPEN is.
+
+        :raises FuseError: ENFILE when the descriptor budget is spent (``fd`` is closed).
+        """
+        self._charge(fd, "a migrated open")
         with self._lock:
-            self._handles[fh] = OpenHandle(fh, nodeid, fd)
+            self._handles[fh] = OpenHandle(fh, nodeid, fd, self._budget)
+
+    def _charge(self, fd: int, what: str) -> None:
+        """One descriptor of the budget for ``fd``; on ENFILE ``fd`` is closed."""
+        if self._budget is not None:
+            try:
+                self._budget.charge(what)
+            except FuseError:
+                os.close(fd)
+                raise
 
     def continue_ids_from(self, next_fh: int) -> None:
         with self._lock:

@@ -176,7 +176,11 @@ class MigrationOps:
             except OSError as err:
                 self._failed(f"handle {saved.fh} of node {saved.nodeid} cannot be reopened", err)
                 continue
-            state.handles.adopt(saved.fh, saved.nodeid, fd)
+            try:
+                state.handles.adopt(saved.fh, saved.nodeid, fd)
+            except FuseError as err:
+                self._failed(f"handle {saved.fh} of node {saved.nodeid} cannot be held here",
+                             err)
 
 
     def _restore_locks(self, loaded: state_format.DeviceState) -> None:

@@ -318,6 +318,37 @@ def test_a_prefer_destination_holds_migrated_inodes_as_file_handles(ours, share,
         client.close()
 
 
+@pytest.mark.parametrize("on_error", ["abort", "guest-error"])
+def test_migrated_open_files_are_charged_to_the_descriptor_budget(ours, share, on_error):
+    """Each open file the guest had is a descriptor on the destination, counted as an OPEN
+    counts: past the budget, ``abort`` fails the load with ENFILE, ``guest-error`` answers
+    EBADF for the open files that found no room and serves the others."""
+    with ours(share) as source, \
+            ours(share, *LOW_RLIMIT, "--migration-on-error", on_error) as destination:
+        client = source.connect()
+        _folder, held = hold_many(client, share)
+        handles = {name: client.open(nodeid).fh for name, nodeid in held.items()}
+        moved, frontend = load(destination.socket_path, save(client))
+        try:
+            assert "descriptor budget of 64 spent (a migrated open)" in destination.log_text()
+            if on_error == "abort":
+                assert moved is None
+                return
+            assert moved is not None, destination.log_text()
+            served = failed = 0
+            for name, nodeid in held.items():
+                try:
+                    assert moved.read(nodeid, handles[name], 0, 10) == name[1:].encode()
+                    served += 1
+                except OSError as err:
+                    assert err.errno == errno.EBADF
+                    failed += 1
+            assert served == 64 and failed == MANY - 64
+        finally:
+            frontend.close()
+        client.close()
+
+
 def test_a_never_destination_holds_migrated_inodes_as_descriptors(ours, share):
     """``never`` keeps one descriptor per migrated inode, charged to the budget: with room for
     them the destination holds them all; without, the load fails with ENFILE (``abort``)."""
