@@ -19,14 +19,13 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, AttrReply, StatfsReply
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import without_fsetid
+from virtiofsd_plugins.passthrough.killpriv import clearing_suidgid_of_fd, kills_suidgid
 from virtiofsd_plugins.passthrough.names import check_lookup_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
 
 _NS = 1_000_000_000
 _TIME_BITS = abi.FATTR_ATIME | abi.FATTR_MTIME | abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW
 _OWNER_BITS = abi.FATTR_UID | abi.FATTR_GID
-_KILLPRIV_V2 = int(abi.InitFlag.HANDLE_KILLPRIV_V2)
 #: An off_t is signed: a guest size or offset above this is invalid for the host.
 MAX_OFFSET = (1 << 63) - 1
 
@@ -121,8 +120,8 @@ class EntryOps:
         link (chmod of a symlink: the host kernel answers EOPNOTSUPP), the owner through
         ``fchownat(AT_EMPTY_PATH)`` on the O_PATH descriptor, and a size through a write-only
         reopen, made before anything changes so that a refusal changes nothing.  With
-        HANDLE_KILLPRIV_V2, FATTR_KILL_SUIDGID truncates without CAP_FSETID, so the host clears
-        setuid/setgid as for the guest's unprivileged caller.
+        HANDLE_KILLPRIV_V2, a size flagged FATTR_KILL_SUIDGID clears setuid/setgid first, as
+        Linux does for a local file (:mod:`virtiofsd_plugins.passthrough.killpriv`).
         """
         state = self._state
         inode = self._inodes.get(nodeid)
@@ -151,9 +150,10 @@ class EntryOps:
                              ffi.UNCHANGED if host_gid is None else host_gid,
                              ffi.AT_EMPTY_PATH | ffi.AT_SYMLINK_NOFOLLOW)
             if valid & abi.FATTR_SIZE:
-                with without_fsetid(bool(valid & abi.FATTR_KILL_SUIDGID
-                                         and req.session.flags & _KILLPRIV_V2)):
-                    os.ftruncate(handle.fd if handle is not None else truncate_fd, size)
+                io_fd = handle.fd if handle is not None else truncate_fd
+                with clearing_suidgid_of_fd(kills_suidgid(req, valid & abi.FATTR_KILL_SUIDGID),
+                                            io_fd):
+                    os.ftruncate(io_fd, size)
             if valid & _TIME_BITS:
                 atime = _timespec(valid, abi.FATTR_ATIME_NOW, abi.FATTR_ATIME, atime_ns)
                 mtime = _timespec(valid, abi.FATTR_MTIME_NOW, abi.FATTR_MTIME, mtime_ns)

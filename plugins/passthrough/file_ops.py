@@ -11,8 +11,8 @@ of a file the guest opened O_APPEND is appended atomically on the host with RWF_
 keeps appends from several guests sharing the folder intact.
 
 With HANDLE_KILLPRIV_V2 the guest leaves the clearing of setuid/setgid to the daemon: an OPEN
-with OPEN_KILL_SUIDGID (O_TRUNC) and a WRITE with WRITE_KILL_SUIDGID run without CAP_FSETID, so
-the host kernel clears the bits as for the guest's unprivileged caller.
+with OPEN_KILL_SUIDGID (O_TRUNC) and a WRITE with WRITE_KILL_SUIDGID clear them as Linux does
+for a local file (:mod:`virtiofsd_plugins.passthrough.killpriv`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from virtiofsd.errors import FuseError
 from virtiofsd.fuse import abi
 from virtiofsd.fuse.replies import EMPTY, CreateReply, LseekReply, OpenReply, WriteReply
 from virtiofsd.sys import ffi
-from virtiofsd.sys.credentials import without_fsetid
 from virtiofsd_plugins.passthrough.creation import as_creator, security_context
+from virtiofsd_plugins.passthrough.killpriv import (clearing_suidgid_of_fd,
+                                                    clearing_suidgid_of_path_fd, kills_suidgid)
 from virtiofsd_plugins.passthrough.locks import LockOps
 from virtiofsd_plugins.passthrough.names import check_new_name
 from virtiofsd_plugins.passthrough.state import PassthroughState
@@ -39,11 +40,6 @@ MAX_RW_COUNT = 0x7FFFF000
 _MAX_OFFSET = (1 << 63) - 1
 _KILLPRIV_V2 = int(abi.InitFlag.HANDLE_KILLPRIV_V2)
 _WRITE_KILL_SUIDGID = abi.WRITE_KILL_SUIDGID
-
-
-def _kills_suidgid(req: Any, flag: int) -> bool:
-    """Whether the request's kill-suidgid ``flag`` counts: only under HANDLE_KILLPRIV_V2."""
-    return bool(flag and req.session.flags & _KILLPRIV_V2)
 #: Flags that create a named file; an O_TMPFILE open must not carry them.
 _NAMED_CREATION_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_TRUNC
 #: What openat(O_TMPFILE) answers where the file system cannot make unnamed files.
@@ -71,10 +67,15 @@ class FileOps:
         if flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE:
             raise FuseError(errno.EINVAL, "OPEN with O_CREAT or O_TMPFILE")
         inode = self._inodes.get(nodeid)
-        if _kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID):
-            with without_fsetid():
-                return self._state.open_handle(req, inode, flags, directory=False)
+        if flags & os.O_TRUNC and kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID):
+            return self._open_truncating(req, inode, flags)
         return self._state.open_handle(req, inode, flags, directory=False)
+
+    def _open_truncating(self, req: Any, inode: Any, flags: int) -> Any:
+        """An O_TRUNC open flagged OPEN_KILL_SUIDGID: setuid/setgid cleared first."""
+        state = self._state
+        with clearing_suidgid_of_path_fd(True, inode.fd, state.proc_self_fd):
+            return state.open_handle(req, inode, flags, directory=False)
 
     @hookimpl
     def virtiofsd_fuse_create(self, req: Any, parent: int, name: bytes, mode: int, flags: int,
@@ -172,9 +173,11 @@ class FileOps:
         state = self._state
         entry = state.lookup(req, parent_inode, name)
         try:
-            with without_fsetid(_kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID)):
-                opened = state.open_handle(req, self._inodes.get(entry.nodeid), flags,
-                                           directory=False)
+            inode = self._inodes.get(entry.nodeid)
+            if flags & os.O_TRUNC and kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID):
+                opened = self._open_truncating(req, inode, flags)
+            else:
+                opened = state.open_handle(req, inode, flags, directory=False)
         except BaseException:
             self._inodes.forget(entry.nodeid, 1)
             raise
@@ -198,7 +201,7 @@ class FileOps:
         append = flags & os.O_APPEND and not write_flags & abi.WRITE_CACHE
         try:
             if write_flags & _WRITE_KILL_SUIDGID and req.session.flags & _KILLPRIV_V2:
-                with without_fsetid():
+                with clearing_suidgid_of_fd(True, fd):
                     return os.pwritev(fd, data, offset, os.RWF_APPEND if append else 0)
             return os.pwritev(fd, data, offset, os.RWF_APPEND if append else 0)
         except OverflowError:
