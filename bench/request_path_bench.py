@@ -53,7 +53,7 @@ def request(opcode: int, nodeid: int, args: bytes, unique: int = 2) -> bytes:
     return IN_HEADER.pack(IN_HEADER.size + len(args), opcode, unique, nodeid, 0, 0, 1, 0) + args
 
 
-class Path_:
+class RequestPath:
     """One router over a passthrough file system, and a driver publishing one kind of chain."""
 
     def __init__(self, folder: Path, store: str, queue: str) -> None:
@@ -130,7 +130,7 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where the shared folder is made")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        bench = Path_(Path(folder), args.inode_file_handles, args.queue)
+        bench = RequestPath(Path(folder), args.inode_file_handles, args.queue)
         try:
             operations = {
                 "getattr": (request(abi.Opcode.GETATTR, bench.file, bytes(16)), 104),
