@@ -6,6 +6,8 @@ import stat
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from virtiofsd_plugins.migration import format as fmt
 
 
@@ -126,3 +128,28 @@ def test_an_unknown_location_kind_is_refused():
     data[-4:] = zlib.crc32(body).to_bytes(4, "little")
     with pytest.raises(fmt.StateFormatError, match="unknown location kind 9"):
         fmt.decode(bytes(data))
+
+
+def _sealed(body: bytes, version: int = fmt.VERSION) -> bytes:
+    """A stream around ``body`` with a correct header and checksum, so decoding reaches it."""
+    return (fmt.MAGIC + version.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+            + zlib.crc32(body).to_bytes(4, "little"))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(version=st.sampled_from(fmt.READABLE_VERSIONS),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       cut=st.integers(0, 10_000))
+def test_a_hostile_body_is_refused_cleanly(version, edits, cut):
+    """Whatever the body says (counts, lengths, kinds), behind a valid header and checksum:
+    a state, or StateFormatError naming the problem; never another exception."""
+    body = bytearray(fmt.encode(sample(), version=version)[16:-4])
+    for position, value in edits:
+        body[position % len(body)] = value
+    if cut % 3 == 0:
+        body = body[:cut % (len(body) + 1)]
+    try:
+        state = fmt.decode(_sealed(bytes(body), version))
+    except fmt.StateFormatError:
+        return
+    assert isinstance(state, fmt.DeviceState) and state.version == version
