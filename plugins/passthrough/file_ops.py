@@ -66,15 +66,16 @@ class FileOps:
         flags belong to CREATE: O_CREAT or O_TMPFILE here is EINVAL, as from the C daemon."""
         if flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE:
             raise FuseError(errno.EINVAL, "OPEN with O_CREAT or O_TMPFILE")
-        inode = self._inodes.get(nodeid)
-        if flags & os.O_TRUNC and kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID):
-            return self._open_truncating(req, inode, flags)
-        return self._state.open_handle(req, inode, flags, directory=False)
+        return self._open_file(req, self._inodes.get(nodeid), flags, open_flags)
 
-    def _open_truncating(self, req: Any, inode: Any, flags: int) -> Any:
-        """An O_TRUNC open flagged OPEN_KILL_SUIDGID: setuid/setgid cleared first."""
+    def _open_file(self, req: Any, inode: Any, flags: int, open_flags: int) -> Any:
+        """Open ``inode`` for the guest; an O_TRUNC open flagged OPEN_KILL_SUIDGID clears
+        setuid/setgid first (the flag alone changes nothing: no guest sends it without
+        O_TRUNC)."""
         state = self._state
-        with clearing_suidgid_of_path_fd(True, inode.fd, state.proc_self_fd):
+        if not (flags & os.O_TRUNC and kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID)):
+            return state.open_handle(req, inode, flags, directory=False)
+        with clearing_suidgid_of_path_fd(inode.fd, state.proc_self_fd):
             return state.open_handle(req, inode, flags, directory=False)
 
     @hookimpl
@@ -173,11 +174,7 @@ class FileOps:
         state = self._state
         entry = state.lookup(req, parent_inode, name)
         try:
-            inode = self._inodes.get(entry.nodeid)
-            if flags & os.O_TRUNC and kills_suidgid(req, open_flags & abi.OPEN_KILL_SUIDGID):
-                opened = self._open_truncating(req, inode, flags)
-            else:
-                opened = state.open_handle(req, inode, flags, directory=False)
+            opened = self._open_file(req, self._inodes.get(entry.nodeid), flags, open_flags)
         except BaseException:
             self._inodes.forget(entry.nodeid, 1)
             raise

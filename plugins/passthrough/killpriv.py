@@ -76,9 +76,9 @@ def clearing_suidgid_of_fd(kill: bool, fd: int) -> contextlib.AbstractContextMan
                             lambda bits: os.fchmod(fd, bits))
 
 
-def clearing_suidgid_of_path_fd(kill: bool, path_fd: int,
+def clearing_suidgid_of_path_fd(path_fd: int,
                                 proc_self_fd: int) -> contextlib.AbstractContextManager[None]:
-    """:func:`clearing_suidgid` for an inode known by its O_PATH descriptor (before an O_TRUNC
-    open): the mode changes through its /proc/self/fd link."""
-    return clearing_suidgid(kill, lambda: os.fstat(path_fd).st_mode,
+    """:func:`clearing_suidgid` for an inode known by its O_PATH descriptor (before a flagged
+    O_TRUNC open): the mode changes through its /proc/self/fd link."""
+    return clearing_suidgid(True, lambda: os.fstat(path_fd).st_mode,
                             lambda bits: os.chmod(str(path_fd), bits, dir_fd=proc_self_fd))
