@@ -34,6 +34,10 @@ from . import host_agent, runner
 SCRIPTS = pathlib.Path(__file__).resolve().parent / "scripts"
 SUITE = SCRIPTS / "conformance.py"
 STRESS = SCRIPTS / "fs_stress.py"
+#: Where the suite's scripts are in the chroot: shipped in the guest's initramfs and copied to the
+#: guest's own /tmp, since the checkout itself may be where the chroot cannot see it (under the
+#: host's /tmp, which the guest's tmpfs covers there).
+GUEST_SCRIPTS = "/tmp/conformance-scripts"
 BOOT_TIMEOUT = float(os.environ.get("VIRTIOFSD_CONFORMANCE_TIMEOUT", "900"))
 #: Comma-separated check names: run only those (debugging one check without the whole suite;
 #: the other checks then fail as not reported).
@@ -171,6 +175,7 @@ def guest_workload() -> str:
     configuration, then stress-ng on one."""
     # The chroot has no guest /proc: the suites ask this shell loop to drop caches instead.
     lines = [
+        f"mkdir -p /host{GUEST_SCRIPTS} && cp /{SUITE.name} /{STRESS.name} /host{GUEST_SCRIPTS}/",
         "mkfifo /host/tmp/drop-caches.request /host/tmp/drop-caches.done",
         "( while read request < /host/tmp/drop-caches.request; do sync; "
         "echo 3 > /proc/sys/vm/drop_caches; echo done > /host/tmp/drop-caches.done; done ) &",
@@ -192,13 +197,13 @@ def guest_workload() -> str:
         if not only:
             continue
         lines.append(
-            f"in_host python3 {SUITE} --mount {mount} --label {configuration.label} "
+            f"in_host python3 {GUEST_SCRIPTS}/{SUITE.name} --mount {mount} --label {configuration.label} "
             f"--cache {configuration.cache} --host-requests {mount}/{host_agent.REPLY_FOLDER} "
             f"--other-mount {other} --big-dir {configuration.big_dir}"
             + (f" --only {','.join(only)}" if configuration.only is not None or ONLY else "")
         )
     lines.append(
-        f"in_host python3 {STRESS} --mount {mounts[STRESS_LABEL]} --label {STRESS_LABEL} "
+        f"in_host python3 {GUEST_SCRIPTS}/{STRESS.name} --mount {mounts[STRESS_LABEL]} --label {STRESS_LABEL} "
         f"--seconds {STRESS_SECONDS} --host-requests {mounts[STRESS_LABEL]}/{host_agent.REPLY_FOLDER}"
     )
     lines.append("kill $drop_caches_server")
@@ -226,7 +231,8 @@ def run_conformance(daemon_name: str, root: pathlib.Path) -> runner.BootResult:
     try:
         return runner.boot(daemon_name, shares[primary.label], guest_workload(),
                            daemon_args=list(primary.args_for(daemon_name)), timeout=BOOT_TIMEOUT,
-                           log_dir=logs, host_root=True, extra_shares=extra)
+                           log_dir=logs, host_root=True, extra_shares=extra,
+                           extra_files={path.name: path.read_bytes() for path in (SUITE, STRESS)})
     finally:
         agent.stop()
 
