@@ -4,8 +4,8 @@
 :class:`NativeSplitQueue` keeps the ring state (indices, event bookkeeping) in a C
 ``struct vfs_ring`` and walks chains in C (``split_ring.c``, which follows the rules of
 :mod:`virtiofsd.virtio.chain` and is tested against it).  What a walk yields comes back as a
-:class:`NativeChain`: a :class:`~virtiofsd.virtio.chain.DescriptorChain` whose views are
-slices of the same region views the Python walker slices.  Unlike the Python walker, the C one
+:class:`~virtiofsd.virtio.chain.DescriptorChain` whose views are slices of the same region
+views the Python walker slices.  Unlike the Python walker, the C one
 merges a buffer that continues the previous one in guest memory into it: a 1 MiB READ or
 WRITE from a Linux guest, one descriptor per 4 KiB page, mostly comes out as a handful of
 views instead of 257 (measured: 5 writable views per 1 MiB READ reply), which is what made big
@@ -19,8 +19,10 @@ rewrite while the daemon decodes it.
 :meth:`NativeSplitQueue.next_chain` is the worker's whole wait-drain-notify loop in C; the
 Python worker calls it once per request (see :class:`virtiofsd.io.daemon.QueueWorker`).
 
-Chain structs are reused: a :class:`NativeChain` hands its struct back to its queue when it is
-garbage, so the buffer list stays valid exactly as long as something can still use it.
+Chain structs are reused: a walked struct goes back to its queue's free list as soon as its
+chain is built, since nothing the chain holds points into it (the views are of guest memory,
+and the copy of a small request is taken out as ``bytes``, which also means no later walk can
+change a request a hook or a pool thread still reads).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from virtiofsd.virtio.chain import DescriptorChain, InvalidChainError
 from virtiofsd.virtio.memory import GuestMemory
 from virtiofsd.virtio.split_queue import SplitQueue
 
-__all__ = ["NATIVE_AVAILABLE", "NativeChain", "NativeSplitQueue", "WOKEN", "split_queue_class"]
+__all__ = ["NATIVE_AVAILABLE", "NativeSplitQueue", "WOKEN", "split_queue_class"]
 
 NATIVE_AVAILABLE = lib is not None
 
@@ -96,17 +98,6 @@ class _ChainStruct:
 
     def error(self) -> str:
         return ffi.string(self.native.error).decode("utf-8", "replace")
-
-
-class NativeChain(DescriptorChain):
-    """A chain walked in C.  Its struct goes back to the queue's free list when it is garbage
-    (nothing reads the struct after the walk today, but a chain's buffer list is only ever
-    valid as long as the chain)."""
-
-    __slots__ = ("_home", "_struct")
-
-    def __del__(self) -> None:
-        self._home.append(self._struct)
 
 
 class NativeSplitQueue(SplitQueue):
@@ -182,7 +173,9 @@ class NativeSplitQueue(SplitQueue):
         free = self._free
         return free.pop() if free else _ChainStruct(self._capacity)
 
-    def _chain(self, walked: _ChainStruct) -> NativeChain:
+    def _chain(self, walked: _ChainStruct) -> DescriptorChain:
+        """The walked chain as views of guest memory; ``walked`` goes back to the free list
+        (nothing the chain holds points into it)."""
         counters = walked.counters
         readable_count = counters[1]
         words = walked.words
@@ -190,7 +183,7 @@ class NativeSplitQueue(SplitQueue):
         copied = counters[6]
         request = walked.request[:copied] if copied else None
         if request is not None and (self.may_copy is None or self.may_copy(request)):
-            readable = [request]
+            readable = [bytes(request)]
             writable = []
             out = writable
             start_word = _BUFFER_WORDS * readable_count
@@ -207,10 +200,8 @@ class NativeSplitQueue(SplitQueue):
             start = words[position + 1]
             packed = words[position + 2]
             out.append(views[packed >> 32][start:start + (packed & _LOW_32)])
-        chain = NativeChain(counters[0], readable, writable, counters[4], counters[3])
-        chain._struct = walked
-        chain._home = self._free
-        return chain
+        self._free.append(walked)
+        return DescriptorChain(counters[0], readable, writable, counters[4], counters[3])
 
     def _failed(self, status: int, walked: _ChainStruct) -> None:
         message = walked.error()
@@ -222,7 +213,7 @@ class NativeSplitQueue(SplitQueue):
             raise GuestProtocolError(message)
         raise OSError(errno.EIO, message)
 
-    def pop(self) -> NativeChain | None:  # type: ignore[override]
+    def pop(self) -> DescriptorChain | None:
         walked = self._take()
         status = _pop(self._ring, self._memory_table, walked.native)
         if status == _CHAIN:
@@ -233,7 +224,7 @@ class NativeSplitQueue(SplitQueue):
         self._failed(status, walked)
         return None
 
-    def next_chain(self, kick_fd: int, wake_fd: int, notify: bool) -> NativeChain | int:
+    def next_chain(self, kick_fd: int, wake_fd: int, notify: bool) -> DescriptorChain | int:
         """The next chain, waiting for a kick when there is none (GIL released).
 
         :param notify: this thread decides notifications (no thread pool): when the ring runs

@@ -69,6 +69,23 @@ def test_a_small_request_is_a_snapshot_and_a_big_one_a_view():
     assert big.readable[0][0] == 0x55
 
 
+
+def test_a_small_request_kept_after_its_chain_is_gone_survives_later_walks():
+    """What a hook keeps of a small request (a name, an xattr value) stays what the guest sent
+    after the chain is dropped and its walk state is reused for the next chain."""
+    driver = Driver()
+    driver.buf[DATA - BASE:DATA - BASE + 8] = b"first..."
+    driver.buf[DATA + 64 - BASE:DATA + 72 - BASE] = b"second.."
+    driver.desc(0, DATA, 8)
+    driver.desc(1, DATA + 64, 8)
+    driver.publish(0, 1)
+    queue = native_queue(driver, event_idx=False)
+    chain = queue.pop()
+    kept = chain.readable[0][:5]
+    del chain
+    assert bytes(queue.pop().readable[0]) == b"second.."
+    assert bytes(kept) == b"first"
+
 def test_merged_buffers_stop_at_a_region_boundary():
     first, second = bytearray(0x1000), bytearray(0x1000)
     memory = GuestMemory([MappedRegion(BASE, 0x1000, 0x7F00_0000_0000, memoryview(first)),
