@@ -3,12 +3,15 @@
 used ring; no vhost-user socket, no eventfds, no other process.
 
     python bench/request_path_bench.py [--ops getattr,lookup] [--queue native|python]
-        [--number 20000] [--repeat 5] [--inode-file-handles never]
+        [--path answer|chain] [--number 20000] [--repeat 5] [--inode-file-handles never]
 
 A guest-like driver (tests/core_tests/ring_driver.py) lays out chains in a bytearray the way a
 Linux guest does (the request in one readable buffer, the reply's header and argument in two
-writable ones) and publishes them; each iteration pops one chain from the queue the daemon
-would use, hands it to the router as the worker does and pushes the used element.  Time is the
+writable ones) and publishes them; each iteration takes one chain from the queue the daemon
+would use and serves it as the worker does: with ``--path answer`` (the default, what the
+daemon does serving inline on the compiled queue) the router answers from the walk's copy and
+the chain is completed in one compiled call; with ``--path chain`` it is made into a chain,
+handed to ``handle_chain`` and its used element pushed (the thread pool's way).  Time is the
 calling thread's CPU time (user and system), minimum of ``--repeat`` runs, in µs per request.
 
 ``socket_bench.py`` measures the whole daemon, with the notification system calls and the
@@ -23,6 +26,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,8 +102,39 @@ class RequestPath:
             driver.desc(head + 2, addr, length, 2)
 
     def run(self, number: int) -> float:
-        """CPU seconds of ``number`` requests: pop, handle, push."""
-        queue, handle, driver = self.queue, self.router.handle_chain, self.driver
+        """CPU seconds per request over ``number`` requests served as chains: pop,
+        ``handle_chain``, push (the thread pool's and the Python queue's way)."""
+        queue, handle = self.queue, self.router.handle_chain
+
+        def serve() -> None:
+            chain = queue.pop()
+            queue.push_used(chain.head, handle(1, chain.readable, chain.writable))
+
+        return self._timed(number, serve)
+
+    def run_answered(self, number: int) -> float:
+        """CPU seconds per request over ``number`` requests served the way the compiled worker
+        serves them inline: walk, ``answer`` from the copy, one compiled completion
+        (``handle_chain`` for what answer declines)."""
+        queue, router = self.queue, self.router
+        assert isinstance(queue, NativeSplitQueue)
+
+        def serve() -> None:
+            walked = queue.next_walk(-1, -1, False)
+            answered = router.answer(1, *queue.request_of(walked))
+            if type(answered) is tuple:
+                queue.complete(walked, *answered)
+            else:
+                chain = queue.chain_of(walked)
+                queue.push_used(chain.head, router.handle_chain(1, chain.readable,
+                                                                chain.writable))
+
+        return self._timed(number, serve)
+
+    def _timed(self, number: int, serve: Callable[[], None]) -> float:
+        """The calling thread's CPU seconds per ``serve()``, over batches of CHAINS published
+        chains (publishing is not counted)."""
+        driver = self.driver
         heads = [3 * chain for chain in range(CHAINS)]
         clock = time.thread_time
         spent = 0.0
@@ -108,10 +143,7 @@ class RequestPath:
             driver.publish(*heads)
             start = clock()
             for _ in heads:
-                chain = queue.pop()
-                written = handle(1, chain.readable, chain.writable)
-                queue.push_used(chain.head, written)
-                del chain
+                serve()
             spent += clock() - start
             done += len(heads)
         return spent / done
@@ -128,6 +160,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--inode-file-handles", choices=sorted(STORES), default="never")
     parser.add_argument("--dir", default=None, help="where the shared folder is made")
+    parser.add_argument("--path", choices=("answer", "chain"), default="answer",
+                        help="answer: as the daemon serves inline on the compiled queue (the "
+                        "router's answer, one compiled completion); chain: every request as a "
+                        "chain through handle_chain (the pool's and the Python queue's way)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         bench = RequestPath(Path(folder), args.inode_file_handles, args.queue)
@@ -136,13 +172,16 @@ def main() -> int:
                 "getattr": (request(abi.Opcode.GETATTR, bench.file, bytes(16)), 104),
                 "lookup": (request(abi.Opcode.LOOKUP, abi.ROOT_ID, b"file\0"), 128),
             }
+            if args.path == "answer" and args.queue != "native":
+                parser.error("--path answer needs the native queue")
+            run = bench.run_answered if args.path == "answer" else bench.run
             print(f"µs per request (min of {args.repeat} x {args.number}), {args.queue} queue, "
-                  f"--inode-file-handles={args.inode_file_handles}")
+                  f"{args.path} path, --inode-file-handles={args.inode_file_handles}")
             for name in args.ops.split(","):
                 data, reply_size = operations[name]
                 bench.lay_out(data, reply_size)
-                bench.run(1000)
-                best = min(bench.run(args.number) for _ in range(args.repeat))
+                run(1000)
+                best = min(run(args.number) for _ in range(args.repeat))
                 print(f"{name:<12} {best * 1e6:8.2f}")
         finally:
             bench.close()

@@ -68,9 +68,12 @@ _OUT = abi.OUT_HEADER
 
 def daemon_command(kind: str, extra: list[str]) -> list[str]:
     """``kind`` is ``ours`` or ``rust``, optionally followed by ``+ARGS`` (e.g.
-    ``ours+--thread-pool-size=auto``), extra arguments for that variant."""
+    ``ours+--thread-pool-size=auto``), extra arguments for that variant.  ``ours@PROGRAM``
+    runs our daemon with another Python (a script or interpreter that imports another
+    version: a before/after comparison within one run)."""
     name, _, variant = kind.partition("+")
-    program = [sys.executable, "-m", "virtiofsd"] if name == "ours" else [RUST]
+    name, _, python = name.partition("@")
+    program = [python or sys.executable, "-m", "virtiofsd"] if name == "ours" else [RUST]
     extra = [*extra, *shlex.split(variant)]
     return [*program, "--socket-path", "{socket_path}", "--shared-dir", "{shared_dir}",
             "--sandbox", "none", *extra]

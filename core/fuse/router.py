@@ -26,6 +26,9 @@ Answering policy:
   hook is a notification for plugins that keep per-session state.  DESTROY is answered OK
   (header only, as the C daemon does) after the destroy hook ran.
 
+:meth:`FuseRouter.answer` is the same service for a request handed over as one copy, without
+its chain: the compiled worker writes the reply it returns (header and body) itself.
+
 Concurrency: the hiprio queue (FORGETs) and the request queues call :meth:`handle_chain` from
 their own threads.  Ordinary requests take no lock: they read the current session once and keep
 it.  INIT, DESTROY and :meth:`reset` replace the session under a lock, so two of them never
@@ -38,7 +41,7 @@ import errno
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from virtiofsd.deferred import Deferred
@@ -67,12 +70,24 @@ _WRITE_OPCODE_BYTES = _WRITE.to_bytes(4, "little")
 _OUT_HEADER_SIZE = codec.OUT_HEADER_SIZE
 _IN_HEADER_SIZE = codec.IN_HEADER_SIZE
 _unpack_in_header = abi.IN_HEADER.unpack_from
+_pack_out_header = abi.OUT_HEADER.pack
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 #: Requests that can keep a thread waiting for long: flushing to disk, a lock that waits, an
 #: open that waits for a lease holder on the host to let go.
 _MAY_BLOCK = frozenset(int(op) for op in (Op.FSYNC, Op.FSYNCDIR, Op.FLUSH, Op.SETLKW,
                                           Op.FALLOCATE, Op.COPY_FILE_RANGE, Op.SYNCFS,
                                           Op.OPEN, Op.CREATE))
+
+#: What :meth:`FuseRouter.answer` leaves to :meth:`FuseRouter.handle_chain`: the session's own
+#: requests, WRITE (its data stays in guest memory), and lock requests (a SETLKW waits; SETLK
+#: goes with it so one lock path serves both).
+_NEEDS_CHAIN = frozenset(int(op) for op in (Op.INIT, Op.DESTROY, Op.WRITE, Op.SETLK,
+                                            Op.SETLKW))
+
+
+def _error_header(unique: int, error: int) -> bytes:
+    """The header of a reply carrying ``-error`` and nothing else."""
+    return _pack_out_header(_OUT_HEADER_SIZE, -error, unique)
 
 
 def _opcode_name(opcode: int) -> str:
@@ -189,46 +204,126 @@ class FuseRouter:
                 result = hook(req=req, sink=sink, **kwargs)
                 return self._read_reply(writable, unique, result, sink)
             result = hook(req=req, **kwargs)
-        except GuestProtocolError as exc:
+        except Exception as exc:  # noqa: BLE001  (mapped, and a bug logged, by _error_of)
+            return codec.write_error(writable, unique, self._error_of(opcode, unique, exc))
+        return self._reply(writable, unique, opcode, result)
+
+    def answer(self, queue_index: int, request: memoryview, room: int,
+               writable: Callable[[], list[memoryview]]
+               ) -> tuple[bytes, Any, int] | PendingAnswer | None:
+        """Serve a request handed over whole, without its chain: the worker writes the reply
+        it returns (see :meth:`virtiofsd.virtio.native_queue.NativeSplitQueue.complete`).
+
+        The compiled ring copies small requests; answering from the copy skips building the
+        chain and writing the reply through views, which is most of what the router costs
+        per request.  The answer is the one :meth:`handle_chain` gives: same decoding, same
+        errors, same logging.
+
+        :param request: the request's bytes, valid only during this call (copied before use).
+        :param room: the bytes the chain's writable buffers hold.
+        :param writable: returns those buffers as views, for a READ's data (only READ calls
+            it, and only once its hook asks for buffers).
+        :returns: None (nothing done) when the request needs :meth:`handle_chain`: no header,
+            INIT and DESTROY, WRITE (its data stays in guest memory), lock requests (which may
+            wait), or debug logging on; else ``(header, body, in_place)``: the reply's header
+            and body, and the bytes of it already written in place after them (a READ's data;
+            all empty for a request without reply: FORGET, INTERRUPT, ...); or, when the hook's
+            answer needs the chain after all (a deferred reply), a :class:`PendingAnswer`.
+        """
+        if len(request) < _IN_HEADER_SIZE or self._debug:
+            return None
+        header = _unpack_in_header(request)
+        opcode = header[1]
+        if opcode in _NEEDS_CHAIN:
+            return None
+        if opcode in _NO_REPLY:
+            self._serve_without_reply(queue_index, (bytes(request),), header)
+            return b"", b"", 0
+        unique = header[2]
+        session = self._session
+        if not session.initialized:
+            return _error_header(unique, errno.EIO), b"", 0
+        entry = self._table.get(opcode)
+        if entry is None:
+            return _error_header(unique, errno.ENOSYS), b"", 0
+        operation, hook = entry
+        sink = None
+        try:
+            req, kwargs = codec.decode_request((bytes(request),), header, operation, session)
+            if opcode == _READ:
+                sink = codec.ReplySink(_ViewsOnDemand(writable))
+                result = hook(req=req, sink=sink, **kwargs)
+            else:
+                result = hook(req=req, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (mapped, and a bug logged, by _error_of)
+            return _error_header(unique, self._error_of(opcode, unique, exc)), b"", 0
+        if sink is not None and type(result) is int:
+            if not 0 <= result <= sink.offered:
+                self._read_overclaimed(unique, result, sink)
+                return _error_header(unique, errno.EIO), b"", 0
+            return _pack_out_header(_OUT_HEADER_SIZE + result, 0, unique), b"", result
+        body = self._body(unique, opcode, result)
+        if body is None:
+            return PendingAnswer(self, unique, opcode, result)
+        if type(body) is int:
+            return _error_header(unique, body), b"", 0
+        total = _OUT_HEADER_SIZE + len(body)
+        if total > room:
+            self._reply_too_big(opcode, unique, len(body), room)
+            return _error_header(unique, errno.ERANGE), b"", 0
+        return _pack_out_header(total, 0, unique), body, 0
+
+    def _error_of(self, opcode: int, unique: int, exc: Exception) -> int:
+        """The errno a request that raised ``exc`` is answered with: EINVAL for a malformed
+        request, the error's own errno, or EIO (with the traceback logged) for a bug."""
+        if isinstance(exc, GuestProtocolError):
             self._guest_errors.error("malformed %s (unique %d): %s", _opcode_name(opcode),
                                      unique, str(exc))
-            return codec.write_error(writable, unique, errno.EINVAL)
-        except (FuseError, OSError) as exc:
+            return errno.EINVAL
+        if isinstance(exc, (FuseError, OSError)):
             if exc.errno in _OUT_OF_DESCRIPTORS:
                 self._guest_errors.error("%s (unique %d): %s: the daemon is out of file "
                                          "descriptors; raise --rlimit-nofile (and the hard "
                                          "limit, ulimit -Hn)", _opcode_name(opcode), unique,
                                          str(exc))
-            return codec.write_error(writable, unique, exc.errno or errno.EIO)
-        except Exception:
-            log.exception("%s (unique %d) failed", _opcode_name(opcode), unique)
-            return codec.write_error(writable, unique, errno.EIO)
-        return self._reply(writable, unique, opcode, result)
+            return exc.errno or errno.EIO
+        log.error("%s (unique %d) failed", _opcode_name(opcode), unique, exc_info=exc)
+        return errno.EIO
 
     def _reply(self, writable: Sequence[memoryview], unique: int, opcode: int,
                result: Any) -> int | Deferred:
+        body = self._body(unique, opcode, result)
+        if body is None:
+            return self._defer(writable, unique, opcode, result)
+        if type(body) is int:
+            return codec.write_error(writable, unique, body)
+        written = codec.write_reply(writable, unique, body)
+        if written != _OUT_HEADER_SIZE + len(body):
+            self._reply_too_big(opcode, unique, len(body), sum(len(view) for view in writable))
+        return written
+
+    def _body(self, unique: int, opcode: int, result: Any) -> Any:
+        """The reply body a hook's result stands for: bytes-like; an errno (``int``) when it
+        stands for an error; None for a :class:`Deferred` (the reply comes later)."""
         # Reply objects first: most requests answer with one (no reply type is bytes-like).
         encode = getattr(result, "encode", None)
         if encode is not None:
-            body = encode()
-        elif isinstance(result, _BYTES_LIKE):
-            body = result
-        elif result is None:
-            return codec.write_error(writable, unique, errno.ENOSYS)
-        elif isinstance(result, int) and opcode == _WRITE:
-            body = WriteReply(result).encode()
-        elif isinstance(result, Deferred):
-            return self._defer(writable, unique, opcode, result)
-        else:
-            log.error("%s (unique %d): a hook returned %r, which is not a reply",
-                      _opcode_name(opcode), unique, result)
-            return codec.write_error(writable, unique, errno.EIO)
-        written = codec.write_reply(writable, unique, body)
-        if written != _OUT_HEADER_SIZE + len(body):
-            self._guest_errors.error("%s (unique %d): reply of %d bytes does not fit %d "
-                                     "writable bytes", _opcode_name(opcode), unique, len(body),
-                                     sum(len(view) for view in writable))
-        return written
+            return encode()
+        if isinstance(result, _BYTES_LIKE):
+            return result
+        if result is None:
+            return errno.ENOSYS
+        if isinstance(result, int) and opcode == _WRITE:
+            return WriteReply(result).encode()
+        if isinstance(result, Deferred):
+            return None
+        log.error("%s (unique %d): a hook returned %r, which is not a reply",
+                  _opcode_name(opcode), unique, result)
+        return errno.EIO
+
+    def _reply_too_big(self, opcode: int, unique: int, body_size: int, room: int) -> None:
+        self._guest_errors.error("%s (unique %d): reply of %d bytes does not fit %d writable "
+                                 "bytes", _opcode_name(opcode), unique, body_size, room)
 
     def _defer(self, writable: Sequence[memoryview], unique: int, opcode: int,
                pending: Deferred) -> Deferred:
@@ -288,13 +383,16 @@ class FuseRouter:
         if type(result) is not int:
             return self._reply(writable, unique, _READ, result)
         if not 0 <= result <= sink.offered:
-            log.error("READ (unique %d): the hook returned %r with %d bytes of buffers given",
-                      unique, result, sink.offered)
+            self._read_overclaimed(unique, result, sink)
             return codec.write_error(writable, unique, errno.EIO)
         total = _OUT_HEADER_SIZE + result
         if not codec.write_header(writable, unique, 0, total):
             return 0
         return total
+
+    def _read_overclaimed(self, unique: int, result: int, sink: codec.ReplySink) -> None:
+        log.error("READ (unique %d): the hook returned %r with %d bytes of buffers given",
+                  unique, result, sink.offered)
 
     def _serve_without_reply(self, queue_index: int, readable: Sequence[memoryview],
                              header: tuple[int, ...]) -> None:
@@ -377,3 +475,36 @@ class FuseRouter:
         if was_initialized:
             self._destroy_hook(req=req)
 
+
+class PendingAnswer:
+    """A hook's answer that :meth:`FuseRouter.answer` cannot turn into bytes alone: the
+    reply comes later (a :class:`Deferred`) and needs the chain's writable buffers."""
+
+    __slots__ = ("_router", "_unique", "_opcode", "_result")
+
+    def __init__(self, router: FuseRouter, unique: int, opcode: int, result: Any) -> None:
+        self._router = router
+        self._unique = unique
+        self._opcode = opcode
+        self._result = result
+
+    def finish(self, writable: Sequence[memoryview]) -> int | Deferred:
+        """Reply into ``writable`` as :meth:`FuseRouter.handle_chain` would have."""
+        return self._router._reply(writable, self._unique, self._opcode, self._result)
+
+
+class _ViewsOnDemand:
+    """The writable buffers of a chain answered without it, made into views only when they are
+    first looked at (a READ whose hook asks for buffers): iterable as a list of views."""
+
+    __slots__ = ("_make", "_views")
+
+    def __init__(self, make: Callable[[], list[memoryview]]) -> None:
+        self._make = make
+        self._views: list[memoryview] | None = None
+
+    def __iter__(self) -> Any:
+        views = self._views
+        if views is None:
+            views = self._views = self._make()
+        return iter(views)

@@ -42,6 +42,14 @@ reads or writes run in parallel (the GIL is released while ``preadv``/``pwritev`
 shallow queue of small requests never pays the hand-over, which costs several times the request
 itself.  Completions always go through the completion lock in this mode.
 
+Small requests without a chain: serving inline on the compiled queue, the worker hands a
+request the walk copied to the handler's ``answer`` (see :class:`ChainHandler`), which returns
+the reply as a header and a body (and, for a READ, how many bytes it already put in place),
+and completes the chain with them in one compiled call; no
+:class:`~virtiofsd.virtio.chain.DescriptorChain` is made, and views of the reply buffers only
+for a READ.  What ``answer`` declines (WRITE, locks, INIT, ...) is dispatched as a chain.
+Measured in docs/performance.md ("Requests answered without their chain").
+
 A handler exception is a bug in the layer above: it is logged with its traceback, the chain
 is completed with 0 bytes and serving continues.  Guest mistakes (a malformed chain, a bad
 request) are logged at a limited rate, so a misbehaving guest cannot flood the log.
@@ -57,6 +65,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 from virtiofsd.config import THREAD_POOL_AUTO
 from virtiofsd.deferred import Deferred
@@ -67,7 +76,7 @@ from virtiofsd.vhost_user.backend import DeviceStateHandler, VhostUserBackend, V
 from virtiofsd.virtio.chain import DescriptorChain, InvalidChainError
 from virtiofsd.virtio.device import ChainHandler
 from virtiofsd.virtio.memory import GuestMemory
-from virtiofsd.virtio.native_queue import WOKEN, NativeSplitQueue
+from virtiofsd.virtio.native_queue import WOKEN, NativeSplitQueue, WalkedChain
 from virtiofsd.virtio.split_queue import SplitQueue, ring_layout_sizes
 
 __all__ = ["AUTO_POOL", "BIG_REQUEST_BYTES", "QueueWorker", "auto_pool_size", "serve_connection"]
@@ -223,13 +232,19 @@ class QueueWorker:
         serve, a wake-up: stop, a new memory table, a disabled ring, deferred completions)."""
         queue = self._queue
         assert isinstance(queue, NativeSplitQueue)
-        next_chain = queue.next_chain
         vring = self._vring
         kick_fd = vring.kick_fd
         wake_fd = self._wake_fd
         memory = self._memory
         dispatch = self._dispatch
         inline = self._pool is None
+        next_walk = queue.next_walk
+        chain_of = queue.chain_of
+        request_of = queue.request_of
+        # Served here, a small request the walk copied is answered without a chain (the
+        # handler's optional ``answer``, see ChainHandler), unless migration logs dirty memory.
+        answer = getattr(self._handler, "answer", None) if inline else None
+        answer_small = self._answer_small
         poller = select.poll()
         poller.register(kick_fd, select.POLLIN)
         poller.register(wake_fd, select.POLLIN)
@@ -247,7 +262,7 @@ class QueueWorker:
                     ready = self._prepare(memory())
                     continue
                 try:
-                    got = next_chain(kick_fd, wake_fd, inline)
+                    got = next_walk(kick_fd, wake_fd, inline)
                 except InvalidChainError as err:
                     self._complete_invalid(err)
                     continue
@@ -263,10 +278,37 @@ class QueueWorker:
                 if type(got) is int:  # WOKEN
                     ready = self._prepare(memory())
                     continue
-                dispatch(got)
+                if answer is not None and vring.dirty_log is None:
+                    small = request_of(got)
+                    if small is not None and answer_small(answer, got, small):
+                        continue
+                dispatch(chain_of(got))
         finally:
             if inline:
                 vring.follow_call_fd(None)
+
+    def _answer_small(self, answer: Callable[..., Any], walked: WalkedChain,
+                      small: tuple[Any, ...]) -> bool:
+        """Serve a copied small request through the handler's ``answer`` and complete it with
+        the reply it returns (no chain is built); False when the handler wants the chain (the
+        caller dispatches it)."""
+        queue = self._queue
+        assert isinstance(queue, NativeSplitQueue)
+        try:
+            answered = answer(self._index, *small)
+        except Exception:
+            logger.exception("ring %d: request handler failed on chain %d", self._index,
+                             walked.counters[0])
+            queue.complete(walked, b"", b"")
+            return True
+        if answered is None:
+            return False
+        if type(answered) is tuple:
+            if queue.complete(walked, *answered) >= BIG_REQUEST_BYTES:
+                self._notify()  # as _dispatch does after a big reply
+            return True
+        self._dispatch(queue.chain_of(walked), answered.finish)
+        return True
 
     def _prepare(self, memory: GuestMemory | None) -> bool:
         """Before draining: follow a new memory table, complete resolved deferred chains.
@@ -332,14 +374,18 @@ class QueueWorker:
         if self._vring.dirty_log is not None:
             self._log_completion(None, 0)
 
-    def _dispatch(self, chain: DescriptorChain) -> None:
-        """Serve one chain here or hand it to the pool, and complete it when served here."""
+    def _dispatch(self, chain: DescriptorChain,
+                  finish: Callable[[list[memoryview]], int | Deferred] | None = None) -> None:
+        """Serve one chain here or hand it to the pool, and complete it when served here.
+
+        ``finish(writable)``: a request already answered whose reply still needs the chain's
+        buffers (:meth:`_answer_small`; only without a pool): called instead of the handler."""
         if self._pool is not None and (not self._auto or self._worth_a_thread(chain)):
             with self._completion_lock:
                 self._in_flight += 1
             self._pool.submit(self._serve_in_pool, chain)
             return
-        written = self._serve_chain(chain)
+        written = self._serve_chain(chain, finish)
         if written is None:  # deferred: completed when it resolves
             return
         if self._pool is None:
@@ -367,12 +413,18 @@ class QueueWorker:
             return False
         return bool(self._queue.known_available() or self._in_flight)
 
-    def _serve_chain(self, chain: DescriptorChain) -> int | None:
-        """Run the handler on one chain; the bytes it wrote, 0 when it failed, None when its
-        reply was deferred (the chain is completed when that resolves)."""
+    def _serve_chain(self, chain: DescriptorChain,
+                     finish: Callable[[list[memoryview]], int | Deferred] | None = None
+                     ) -> int | None:
+        """Run the handler (or ``finish``, see :meth:`_dispatch`) on one chain; the bytes it
+        wrote, 0 when it failed, None when its reply was deferred (the chain is completed when
+        that resolves)."""
         index = self._index
         try:
-            written = self._handle_chain(index, chain.readable, chain.writable)
+            if finish is None:
+                written = self._handle_chain(index, chain.readable, chain.writable)
+            else:
+                written = finish(chain.writable)
         except GuestProtocolError as err:
             self._guest_errors.error("ring %d: bad request in chain %d: %s",
                                      index, chain.head, err)

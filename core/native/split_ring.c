@@ -357,3 +357,48 @@ int vfs_ring_enable_notifications(struct vfs_ring *ring)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return load16(&ring->avail[1]) != ring->last_avail;
 }
+
+/*
+ * Complete a walked chain with a reply given as two pieces (a header and a body, either may be
+ * empty) and in_place bytes the caller already wrote after them (a READ's data): copy the
+ * pieces, in order, across the chain's writable buffers and put the chain on the used ring
+ * with the total length.  A total beyond the writable buffers writes nothing and completes
+ * the chain with 0 (the caller checks the room first; a chain with no room even for a header
+ * gets nothing).  Returns the length completed with, or -1 for a head the ring cannot take
+ * (nothing written).
+ */
+int64_t vfs_ring_complete(struct vfs_ring *ring, const struct vfs_chain *chain,
+                          const char *header, uint64_t header_length, const char *body,
+                          uint64_t body_length, uint64_t in_place)
+{
+    if (chain->head >= ring->size)
+        return -1;
+    uint64_t pieces = header_length + body_length;
+    uint64_t total = pieces + in_place;
+    if (pieces < header_length || total < pieces || total > chain->writable_bytes
+            || total > UINT32_MAX)
+        total = pieces = 0;
+    const char *source = header;
+    uint64_t left = header_length;
+    uint64_t remaining = pieces;
+    for (uint64_t i = chain->readable; remaining && i < chain->readable + chain->writable; i++) {
+        const struct vfs_buffer *buffer = &chain->buffers[i];
+        uint8_t *out = buffer->host;
+        uint64_t room = buffer->length;
+        while (room && remaining) {
+            if (!left) {
+                source = body;
+                left = body_length;
+            }
+            uint64_t piece = left < room ? left : room;
+            memcpy(out, source, piece);
+            out += piece;
+            room -= piece;
+            source += piece;
+            left -= piece;
+            remaining -= piece;
+        }
+    }
+    vfs_ring_push_used(ring, (uint32_t)chain->head, total);
+    return (int64_t)total;
+}

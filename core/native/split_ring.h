@@ -73,6 +73,9 @@ struct vfs_ring {
 int vfs_ring_pop(struct vfs_ring *ring, const struct vfs_memory *memory, struct vfs_chain *chain);
 uint32_t vfs_ring_known_available(const struct vfs_ring *ring);
 int vfs_ring_push_used(struct vfs_ring *ring, uint32_t head, uint64_t written);
+int64_t vfs_ring_complete(struct vfs_ring *ring, const struct vfs_chain *chain,
+                          const char *header, uint64_t header_length, const char *body,
+                          uint64_t body_length, uint64_t in_place);
 int vfs_ring_needs_notification(struct vfs_ring *ring);
 void vfs_ring_disable_notifications(struct vfs_ring *ring);
 int vfs_ring_enable_notifications(struct vfs_ring *ring);

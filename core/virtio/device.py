@@ -52,6 +52,13 @@ class ChainHandler(Protocol):
     # Optional: ``may_copy(request) -> bool``, whether a request (its readable bytes, complete)
     # may reach handle_chain as a copy rather than as views of guest memory; the compiled queue
     # copies small requests (see virtiofsd.virtio.native_queue).  Without it, any may be.
+    # Optional: ``answer(queue_index, request, room, writable)``, serving such a copied request
+    # without its chain: None to have handle_chain serve it instead; the reply as (header, body,
+    # in_place) for the worker to write (at most ``room`` bytes; ``in_place`` of them already
+    # written after header and body through the views ``writable()`` returns); or an object
+    # whose ``finish(writable_views)`` replies as handle_chain would (see
+    # virtiofsd.fuse.router.FuseRouter.answer).  Used by a worker serving inline on the
+    # compiled queue; without it, every chain goes to handle_chain.
 
     def reset(self) -> None:
         """Forget all per-session state: the front-end reset the device or disconnected."""

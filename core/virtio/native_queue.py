@@ -39,7 +39,7 @@ from virtiofsd.virtio.chain import DescriptorChain, InvalidChainError
 from virtiofsd.virtio.memory import GuestMemory
 from virtiofsd.virtio.split_queue import SplitQueue
 
-__all__ = ["NATIVE_AVAILABLE", "NativeSplitQueue", "WOKEN", "split_queue_class"]
+__all__ = ["NATIVE_AVAILABLE", "NativeSplitQueue", "WOKEN", "WalkedChain", "split_queue_class"]
 
 NATIVE_AVAILABLE = lib is not None
 
@@ -54,6 +54,7 @@ if NATIVE_AVAILABLE:
     _pop = lib.vfs_ring_pop
     _next = lib.vfs_ring_next
     _push_used = lib.vfs_ring_push_used
+    _complete = lib.vfs_ring_complete
     _needs_notification = lib.vfs_ring_needs_notification
 else:
     WOKEN = 3
@@ -82,9 +83,11 @@ def _host_address(view: memoryview) -> Any:
 class _ChainStruct:
     """One reusable ``struct vfs_chain`` with its buffer array and integer views of both."""
 
-    __slots__ = ("buffers", "copy", "counters", "native", "request", "words")
+    __slots__ = ("buffers", "copy", "counters", "native", "queue", "request", "words")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, queue: NativeSplitQueue) -> None:
+        #: The queue whose walks this struct holds (for the views of guest memory).
+        self.queue = queue
         self.buffers = ffi.new("struct vfs_buffer[]", capacity)
         self.copy = ffi.new("uint8_t[]", COPY_CAPACITY)
         self.native = ffi.new("struct vfs_chain *")
@@ -98,6 +101,24 @@ class _ChainStruct:
 
     def error(self) -> str:
         return ffi.string(self.native.error).decode("utf-8", "replace")
+
+    def writable(self) -> list[memoryview]:
+        """The walked chain's writable buffers as views of guest memory, as the chain made
+        by :meth:`NativeSplitQueue.chain_of` would hold them."""
+        counters = self.counters
+        words = self.words
+        views = self.queue._views
+        out = []
+        start = _BUFFER_WORDS * counters[1]
+        for position in range(start, start + _BUFFER_WORDS * counters[2], _BUFFER_WORDS):
+            offset = words[position + 1]
+            packed = words[position + 2]
+            out.append(views[packed >> 32][offset:offset + (packed & _LOW_32)])
+        return out
+
+
+#: What :meth:`NativeSplitQueue.next_walk` hands out: a walk not yet made into a chain.
+WalkedChain = _ChainStruct
 
 
 class NativeSplitQueue(SplitQueue):
@@ -171,7 +192,7 @@ class NativeSplitQueue(SplitQueue):
 
     def _take(self) -> _ChainStruct:
         free = self._free
-        return free.pop() if free else _ChainStruct(self._capacity)
+        return free.pop() if free else _ChainStruct(self._capacity, self)
 
     def _chain(self, walked: _ChainStruct) -> DescriptorChain:
         """The walked chain as views of guest memory; ``walked`` goes back to the free list
@@ -234,17 +255,61 @@ class NativeSplitQueue(SplitQueue):
         :raises InvalidChainError: as :meth:`pop`; :raises GuestProtocolError: the avail index
             is impossible; :raises OSError: poll failed on the eventfds.
         """
+        walked = self.next_walk(kick_fd, wake_fd, notify)
+        if type(walked) is int:
+            return walked
+        return self._chain(walked)
+
+    def next_walk(self, kick_fd: int, wake_fd: int, notify: bool) -> WalkedChain | int:
+        """:meth:`next_chain`, without turning the walk into a chain yet: the caller either
+        answers a small request from :meth:`request_of` and completes it with
+        :meth:`complete`, or makes the chain with :meth:`chain_of`.  One of the two must
+        follow before the next walk."""
         free = self._free
-        walked = free.pop() if free else _ChainStruct(self._capacity)
+        walked = free.pop() if free else _ChainStruct(self._capacity, self)
         status = _next(self._ring, self._memory_table, walked.native, kick_fd, wake_fd,
                        notify)
         if status == _CHAIN:
-            return self._chain(walked)
+            return walked
         if status == WOKEN:
             free.append(walked)
             return status
         self._failed(status, walked)
         return status
+
+    def request_of(self, walked: WalkedChain) -> tuple[memoryview, int,
+                                                       Callable[[], list[memoryview]]] | None:
+        """A walked chain's request, when the walk copied it whole, with the bytes its writable
+        buffers hold and a function returning them as views (for a reply written in place);
+        None when the request stayed in guest memory.  The request view is valid until
+        :meth:`complete` or :meth:`chain_of`."""
+        counters = walked.counters
+        copied = counters[6]
+        if not copied:
+            return None
+        return walked.request[:copied], counters[4], walked.writable
+
+    def chain_of(self, walked: WalkedChain) -> DescriptorChain:
+        """The walked chain as a :class:`DescriptorChain` (as :meth:`next_chain` returns it)."""
+        return self._chain(walked)
+
+    def complete(self, walked: WalkedChain, header: bytes, body: Any, in_place: int = 0) -> int:
+        """Complete a walked chain with ``header`` then ``body`` (bytes-like) written across its
+        writable buffers, followed by ``in_place`` bytes the caller already wrote there through
+        :meth:`WalkedChain.writable` views (a READ's data), and put it on the used ring.  The
+        caller checked that they fit (if they do not, nothing is written and the chain
+        completes with 0).
+
+        :returns: the used length.
+        """
+        written = _complete(self._ring, walked.native, header, len(header),
+                            body if type(body) is bytes else ffi.from_buffer(body), len(body),
+                            in_place)
+        self._free.append(walked)
+        if written < 0:
+            raise ValueError(f"descriptor head {walked.counters[0]} outside a queue of "
+                             f"{self.size}")
+        return written
 
     def set_call_fd(self, fd: int) -> None:
         """The call eventfd :meth:`next_chain` signals (-1: none).  Once this returns the old

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from fakes.answering import serve_by_answer
 from fakes.memfs import MemFs
 from virtiofsd import hookimpl
 from virtiofsd.config import Config
@@ -28,7 +29,12 @@ OFFER = F.ASYNC_READ | F.BIG_WRITES | F.MAX_PAGES | F.DO_READDIRPLUS | F.INIT_EX
 
 
 class Guest:
-    """Plays the guest kernel: lays requests out as Linux does and checks every reply header."""
+    """Plays the guest kernel: lays requests out as Linux does and checks every reply header.
+
+    Every test runs twice (the ``serve_mode`` fixture): requests go to ``handle_chain``, or
+    through ``answer`` as the compiled worker sends them, which must answer the same."""
+
+    mode = "handle_chain"
 
     def __init__(self, router: FuseRouter) -> None:
         self.router = router
@@ -50,7 +56,10 @@ class Guest:
             readable.append(memoryview(bytearray(args)))
         readable += [memoryview(bytearray(piece)) for piece in pieces]
         writable = [memoryview(bytearray(16)), memoryview(bytearray(out))] if out else []
-        written = self.router.handle_chain(queue, readable, writable)
+        if self.mode == "answer":
+            written = serve_by_answer(self.router, queue, readable, writable)
+        else:
+            written = self.router.handle_chain(queue, readable, writable)
         return written, writable, unique
 
     def call(self, opcode: int, args: bytes = b"", **kwargs) -> tuple[int, bytes]:
@@ -82,6 +91,12 @@ class Guest:
         nodeid = abi.ENTRY_OUT.unpack_from(body)[0]
         fh = abi.OPEN_OUT.unpack_from(body, abi.ENTRY_OUT.size)[0]
         return nodeid, fh
+
+
+@pytest.fixture(autouse=True, params=["handle_chain", "answer"])
+def serve_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(Guest, "mode", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -587,3 +602,97 @@ def test_only_a_write_must_stay_in_guest_memory():
                             (Op.SETXATTR, True)):
         header = abi.IN_HEADER.pack(80, opcode, 1, 1, 0, 0, 0, 0, 0)
         assert router.may_copy(memoryview(header + bytes(40))) is allowed, opcode
+
+
+# --- Requests answered without their chain (the compiled worker's path) -------------------------
+
+
+def _no_views() -> list[memoryview]:
+    raise AssertionError("only a READ asks for the chain's buffers")
+
+
+def _request(opcode: int, args: bytes = b"", nodeid: int = abi.ROOT_ID) -> memoryview:
+    return memoryview(abi.IN_HEADER.pack(abi.IN_HEADER.size + len(args), opcode, 8, nodeid,
+                                         1000, 1000, 77, 0, 0) + args)
+
+
+@pytest.mark.parametrize("opcode", [Op.INIT, Op.DESTROY, Op.WRITE, Op.SETLK, Op.SETLKW])
+def test_answer_leaves_requests_that_need_their_chain_untouched(mounted, memfs, opcode):
+    """Nothing is served (the worker then hands the chain to handle_chain)."""
+    args = abi.WRITE_IN.pack(1, 0, 3, 0, 0, 0, 0) + b"abc" if opcode == Op.WRITE else bytes(64)
+    calls = len(memfs.calls)
+    assert mounted.router.answer(1, _request(opcode, args), 4096, _no_views) is None
+    assert mounted.router.session.initialized
+    assert len(memfs.calls) == calls
+
+
+def test_answer_leaves_everything_to_handle_chain_when_debugging(memfs, caplog):
+    caplog.set_level(logging.DEBUG, logger="virtiofsd.fuse.router")
+    guest = Guest(FuseRouter(make_plugin_manager(load_entry_points=False, plugins=[memfs]),
+                             CONFIG))
+    assert guest.init()[0] == 0
+    assert guest.router.answer(1, _request(Op.STATFS), 4096, _no_views) is None
+
+
+def test_answer_gives_the_reply_in_two_pieces_without_touching_guest_memory(mounted):
+    header, body, in_place = mounted.router.answer(1, _request(Op.STATFS), 4096, _no_views)
+    assert abi.OUT_HEADER.unpack(header) == (16 + len(body), 0, 8) and in_place == 0
+    assert len(body) == abi.STATFS_OUT.size
+
+
+def test_answer_checks_the_room_the_chain_has(failing, caplog):
+    header, body, _ = failing.router.answer(1, _request(Op.LOOKUP, b"huge\0"), 100, _no_views)
+    assert abi.OUT_HEADER.unpack(header) == (16, -errno.ERANGE, 8) and body == b""
+    assert "does not fit" in caplog.text
+
+
+def test_answer_serves_a_request_without_reply_and_completes_it_empty(mounted, memfs):
+    nodeid = abi.ENTRY_OUT.unpack_from(mounted.ok(Op.MKDIR, abi.MKDIR_IN.pack(0o755, 0)
+                                                  + b"d\0"))[0]
+    assert memfs.nodes[nodeid].lookups == 1
+    assert mounted.router.answer(0, _request(Op.FORGET, abi.FORGET_IN.pack(1), nodeid), 0,
+                                 _no_views) == (b"", b"", 0)
+    assert memfs.nodes[nodeid].lookups == 0
+
+
+class DeferringGetattr:
+    """A GETATTR that answers later: any hook may return a Deferred."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    @hookimpl(tryfirst=True)
+    def virtiofsd_fuse_getattr(self, req, nodeid, fh):
+        deferred = Deferred()
+        self.pending.append(deferred)
+        return deferred
+
+
+def test_a_deferred_answer_is_finished_with_the_chain(memfs):
+    plugin = DeferringGetattr()
+    router = FuseRouter(make_plugin_manager(load_entry_points=False, plugins=[memfs, plugin]),
+                        CONFIG)
+    assert Guest(router).init()[0] == 0
+    pending = router.answer(1, _request(Op.GETATTR, abi.GETATTR_IN.pack(0, 0, 0)), 4096,
+                            _no_views)
+    assert pending is not None and not isinstance(pending, tuple)
+    writable = [memoryview(bytearray(16)), memoryview(bytearray(200))]
+    deferred = pending.finish(writable)
+    assert isinstance(deferred, Deferred) and not deferred.done
+    plugin.pending[0].resolve(b"late")
+    assert _reply_of(deferred, writable) == (20, 0)
+    assert bytes(writable[1][:4]) == b"late"
+
+
+def test_a_read_answered_without_its_chain_asks_for_the_buffers_and_reports_them(mounted):
+    """READ's data goes straight into the chain's buffers (asked for once the hook wants
+    them); the answer is the header and how many bytes are already in place after it."""
+    _nodeid, fh = mounted.create(b"f")
+    mounted.ok(Op.WRITE, abi.WRITE_IN.pack(fh, 0, 5, 0, 0, 0, 0), pieces=(b"hello",))
+    writable = [memoryview(bytearray(16)), memoryview(bytearray(100))]
+    asked = []
+    header, body, in_place = mounted.router.answer(
+        1, _request(Op.READ, abi.READ_IN.pack(fh, 0, 100, 0, 0, 0, 0)), 116,
+        lambda: asked.append(1) or writable)
+    assert (abi.OUT_HEADER.unpack(header)[:2], body, in_place) == ((21, 0), b"", 5)
+    assert bytes(writable[1][:5]) == b"hello" and asked == [1]

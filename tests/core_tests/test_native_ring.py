@@ -274,3 +274,38 @@ def test_a_request_the_handler_keeps_in_guest_memory_comes_as_views():
     assert seen == [b"WRITEabc"]
     assert bytes(kept.readable[0]) == b"wRITEabc", "a view sees the guest's change"
     assert bytes(copied.readable[0]) == b"WRITEabc", "a copy does not"
+
+
+def test_complete_writes_the_reply_across_the_writable_buffers_and_uses_the_chain():
+    """A request answered without its chain (the FUSE router's answer): header and body go out
+    across however the guest split its writable buffers, and the used element says how much."""
+    driver = Driver()
+    driver.buf[DATA - BASE:DATA - BASE + 8] = b"request!"
+    driver.desc(0, DATA, 8, NEXT, 1)
+    driver.desc(1, DATA + 0x100, 10, WRITE | NEXT, 2)
+    driver.desc(2, DATA + 0x200, 30, WRITE)
+    driver.publish(0)
+    queue = native_queue(driver, event_idx=False)
+    walked = queue.next_walk(-1, -1, False)
+    request, room, writable = queue.request_of(walked)
+    assert (bytes(request), room) == (b"request!", 40)
+    views = writable()
+    assert [len(view) for view in views] == [10, 30]
+    views[1][16:20] = b"data"
+    assert queue.complete(walked, b"H" * 16, memoryview(b"body-bytes"), 4) == 30
+    assert bytes(driver.buf[DATA + 0x100 - BASE:DATA + 0x10A - BASE]) == b"H" * 10
+    assert (bytes(driver.buf[DATA + 0x200 - BASE:DATA + 0x214 - BASE])
+            == b"H" * 6 + b"body-bytes" + b"data")
+    assert (driver.used_idx(), driver.used_element(0)) == (1, (0, 30))
+
+
+def test_a_reply_that_does_not_fit_completes_the_chain_with_nothing_written():
+    driver = Driver()
+    driver.desc(0, DATA, 8, NEXT, 1)
+    driver.desc(1, DATA + 0x100, 16, WRITE)
+    driver.publish(0)
+    queue = native_queue(driver, event_idx=False)
+    walked = queue.next_walk(-1, -1, False)
+    assert queue.complete(walked, b"H" * 16, b"", 1) == 0, "16 + 1 bytes do not fit 12"
+    assert bytes(driver.buf[DATA + 0x100 - BASE:DATA + 0x110 - BASE]) == bytes(16)
+    assert driver.used_element(0) == (0, 0)

@@ -25,6 +25,7 @@ from virtiofsd.vhost_user import messages as m
 from virtiofsd.vhost_user.backend import OFFERED_FEATURES, VhostUserBackend, Vring
 from virtiofsd.vhost_user.messages import FrontendRequest as R
 from virtiofsd.vhost_user.messages import ProtocolFeature as PF
+from virtiofsd.virtio.native_queue import NATIVE_AVAILABLE
 
 GPA = 0x100000
 MEM_SIZE = 0x200000
@@ -177,11 +178,11 @@ class Frontend:
 
 
 class Session:
-    def __init__(self, **options) -> None:
+    def __init__(self, handler: Handler | None = None, **options) -> None:
         self.fds_before = open_fds()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.daemon_sock = theirs
-        self.handler = Handler()
+        self.handler = handler or Handler()
         self.result: list[bool] = []
         self.thread = threading.Thread(
             target=lambda: self.result.append(serve_connection(theirs, self.handler, **options)),
@@ -218,8 +219,8 @@ class Session:
 def session(caplog):
     sessions: list[Session] = []
 
-    def start(**options) -> Session:
-        sessions.append(Session(**options))
+    def start(handler: Handler | None = None, **options) -> Session:
+        sessions.append(Session(handler, **options))
         return sessions[-1]
 
     yield start
@@ -346,6 +347,58 @@ def test_malformed_chain_and_handler_bug_complete_with_zero_and_serving_goes_on(
     assert s.finish()
     assert "not backed by guest memory" in caplog.text
     assert "request handler failed" in caplog.text and "RuntimeError: handler bug" in caplog.text
+
+
+class AnsweringHandler(Handler):
+    """Also answers small requests without their chain, as the FUSE router does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: list[bytes] = []
+
+    def answer(self, queue_index, request, room, writable):
+        data = bytes(request)
+        if data == b"bug":
+            raise RuntimeError("answer bug")
+        if data == b"ping":
+            self.answered.append(data)
+            return b"an", b"swer", 0
+        if data == b"read":
+            self.answered.append(data)
+            writable()[0][2:6] = b"DATA"
+            return b"ok", b"", 4
+        if data == b"later":
+            self.answered.append(data)
+            return Later()
+        return None
+
+
+class Later:
+    """An answer that needs the chain's buffers after all (the router's PendingAnswer)."""
+
+    def finish(self, writable):
+        writable[0][:4] = b"late"
+        return 4
+
+
+@pytest.mark.skipif(not NATIVE_AVAILABLE, reason="the compiled virtqueue module is not built")
+def test_small_requests_are_answered_without_their_chain_and_the_rest_as_chains(session,
+                                                                                 caplog):
+    s = session(AnsweringHandler())
+    fe = s.frontend
+    fe.negotiate()
+    ring = fe.start_ring(1)
+    for count, (head, request) in enumerate([(0, b"ping"), (2, b"read"), (4, b"later"),
+                                             (6, b"other"), (8, b"bug"), (10, b"ping")], 1):
+        ring.post_request(head, request)
+        ring.wait_used(count)
+    assert [ring.used_element(slot) for slot in range(6)] == [
+        (0, 6), (2, 6), (4, 4), (6, 4), (8, 0), (10, 6)]
+    assert [ring.reply(head) for head in (0, 2, 4, 6)] == [b"answ", b"okDA", b"late", b"pong"]
+    assert s.handler.answered == [b"ping", b"read", b"later", b"ping"]
+    assert s.handler.requests == [(1, b"other")], "only what answer declines is a chain"
+    assert s.finish()
+    assert "request handler failed" in caplog.text and "RuntimeError: answer bug" in caplog.text
 
 
 def test_memory_added_while_running_is_picked_up(session):

@@ -8,7 +8,8 @@ spends its time in the code under test.
 
 What counts as a crash (:class:`Crash`, or any exception escaping a target):
 
-- FUSE: ``handle_chain`` raising; a return value outside ``[0, writable capacity]``; a reply
+- FUSE: ``handle_chain`` (or, every other input, the compiled worker's ``answer`` path, see
+  :mod:`fakes.answering`) raising; a return value outside ``[0, writable capacity]``; a reply
   header whose length differs from the returned count, whose unique is not the request's, or
   whose error is positive; anything the router logs with a traceback (it answers EIO to an
   unexpected exception, which hides the bug from the guest but not from us).
@@ -31,6 +32,7 @@ import random
 import shutil
 import struct
 
+from fakes.answering import serve_by_answer
 from fakes.memfs import MemFs
 from virtiofsd.config import Config
 from virtiofsd.errors import GuestProtocolError
@@ -294,9 +296,12 @@ class FuseTarget:
                     if hi > lo]
         writable = [memoryview(bytearray(size)) for size in writable_sizes]
         capacity = sum(writable_sizes)
-        written = self.router.handle_chain(1, readable, writable)
+        if self.served % 2:
+            written = self.router.handle_chain(1, readable, writable)
+        else:
+            written = serve_by_answer(self.router, 1, readable, writable)
         if not isinstance(written, int) or not 0 <= written <= capacity:
-            raise Crash(f"handle_chain returned {written!r} for {capacity} writable bytes")
+            raise Crash(f"the router returned {written!r} for {capacity} writable bytes")
         if written:
             reply = b"".join(bytes(view) for view in writable)
             length, error, unique = abi.OUT_HEADER.unpack_from(reply)
