@@ -222,7 +222,7 @@ class FuseRouter:
         :param request: the request's bytes, valid only during this call (copied before use).
         :param room: the bytes the chain's writable buffers hold.
         :param writable: returns those buffers as views, for a READ's data (only READ calls
-            it, and only once its hook asks for buffers).
+            it).
         :returns: None (nothing done) when the request needs :meth:`handle_chain`: no header,
             INIT and DESTROY, WRITE (its data stays in guest memory), lock requests (which may
             wait), or debug logging on; else ``(header, body, in_place)``: the reply's header
@@ -251,7 +251,7 @@ class FuseRouter:
         try:
             req, kwargs = codec.decode_request((bytes(request),), header, operation, session)
             if opcode == _READ:
-                sink = codec.ReplySink(_ViewsOnDemand(writable))
+                sink = codec.ReplySink(writable())
                 result = hook(req=req, sink=sink, **kwargs)
             else:
                 result = hook(req=req, **kwargs)
@@ -492,19 +492,3 @@ class PendingAnswer:
         """Reply into ``writable`` as :meth:`FuseRouter.handle_chain` would have."""
         return self._router._reply(writable, self._unique, self._opcode, self._result)
 
-
-class _ViewsOnDemand:
-    """The writable buffers of a chain answered without it, made into views only when they are
-    first looked at (a READ whose hook asks for buffers): iterable as a list of views."""
-
-    __slots__ = ("_make", "_views")
-
-    def __init__(self, make: Callable[[], list[memoryview]]) -> None:
-        self._make = make
-        self._views: list[memoryview] | None = None
-
-    def __iter__(self) -> Any:
-        views = self._views
-        if views is None:
-            views = self._views = self._make()
-        return iter(views)
