@@ -258,8 +258,7 @@ class FuseRouter:
         except Exception as exc:  # noqa: BLE001  (mapped, and a bug logged, by _error_of)
             return _error_header(unique, self._error_of(opcode, unique, exc)), b"", 0
         if sink is not None and type(result) is int:
-            if not 0 <= result <= sink.offered:
-                self._read_overclaimed(unique, result, sink)
+            if not self._read_within(unique, result, sink):
                 return _error_header(unique, errno.EIO), b"", 0
             return _pack_out_header(_OUT_HEADER_SIZE + result, 0, unique), b"", result
         body = self._body(unique, opcode, result)
@@ -382,17 +381,21 @@ class FuseRouter:
                     sink: codec.ReplySink) -> int | Deferred:
         if type(result) is not int:
             return self._reply(writable, unique, _READ, result)
-        if not 0 <= result <= sink.offered:
-            self._read_overclaimed(unique, result, sink)
+        if not self._read_within(unique, result, sink):
             return codec.write_error(writable, unique, errno.EIO)
         total = _OUT_HEADER_SIZE + result
         if not codec.write_header(writable, unique, 0, total):
             return 0
         return total
 
-    def _read_overclaimed(self, unique: int, result: int, sink: codec.ReplySink) -> None:
+    def _read_within(self, unique: int, result: int, sink: codec.ReplySink) -> bool:
+        """Whether a READ hook's byte count is one the buffers it was given can hold (a
+        larger one is a plugin bug, logged; the guest gets EIO)."""
+        if 0 <= result <= sink.offered:
+            return True
         log.error("READ (unique %d): the hook returned %r with %d bytes of buffers given",
                   unique, result, sink.offered)
+        return False
 
     def _serve_without_reply(self, queue_index: int, readable: Sequence[memoryview],
                              header: tuple[int, ...]) -> None:

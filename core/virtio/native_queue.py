@@ -104,16 +104,21 @@ class _ChainStruct:
 
     def writable(self) -> list[memoryview]:
         """The walked chain's writable buffers as views of guest memory, as the chain made
-        by :meth:`NativeSplitQueue.chain_of` would hold them."""
+        by :meth:`NativeSplitQueue.chain_of` holds them."""
         counters = self.counters
+        return self.views(counters[1], counters[2])
+
+    def views(self, first: int, count: int) -> list[memoryview]:
+        """Views of guest memory for ``count`` of the walked buffers from number ``first``
+        (readable ones first, then writable ones)."""
         words = self.words
-        views = self.queue._views
+        regions = self.queue._views
         out = []
-        start = _BUFFER_WORDS * counters[1]
-        for position in range(start, start + _BUFFER_WORDS * counters[2], _BUFFER_WORDS):
+        start = _BUFFER_WORDS * first
+        for position in range(start, start + _BUFFER_WORDS * count, _BUFFER_WORDS):
             offset = words[position + 1]
             packed = words[position + 2]
-            out.append(views[packed >> 32][offset:offset + (packed & _LOW_32)])
+            out.append(regions[packed >> 32][offset:offset + (packed & _LOW_32)])
         return out
 
 
@@ -194,35 +199,21 @@ class NativeSplitQueue(SplitQueue):
         free = self._free
         return free.pop() if free else _ChainStruct(self._capacity, self)
 
-    def _chain(self, walked: _ChainStruct) -> DescriptorChain:
-        """The walked chain as views of guest memory; ``walked`` goes back to the free list
-        (nothing the chain holds points into it)."""
+    def chain_of(self, walked: WalkedChain) -> DescriptorChain:
+        """The walked chain as a :class:`DescriptorChain` of views of guest memory (as
+        :meth:`next_chain` returns it); ``walked`` goes back to the free list (nothing the chain
+        holds points into it)."""
         counters = walked.counters
-        readable_count = counters[1]
-        words = walked.words
-        views = self._views
         copied = counters[6]
         request = walked.request[:copied] if copied else None
         if request is not None and (self.may_copy is None or self.may_copy(request)):
             readable = [bytes(request)]
-            writable = []
-            out = writable
-            start_word = _BUFFER_WORDS * readable_count
         else:
-            readable = []
-            writable = []
-            out = readable
-            start_word = 0
-        end = _BUFFER_WORDS * (readable_count + counters[2])
-        first_writable = _BUFFER_WORDS * readable_count
-        for position in range(start_word, end, _BUFFER_WORDS):
-            if position == first_writable:
-                out = writable
-            start = words[position + 1]
-            packed = words[position + 2]
-            out.append(views[packed >> 32][start:start + (packed & _LOW_32)])
+            readable = walked.views(0, counters[1])
+        chain = DescriptorChain(counters[0], readable, walked.writable(), counters[4],
+                                counters[3])
         self._free.append(walked)
-        return DescriptorChain(counters[0], readable, writable, counters[4], counters[3])
+        return chain
 
     def _failed(self, status: int, walked: _ChainStruct) -> None:
         message = walked.error()
@@ -238,7 +229,7 @@ class NativeSplitQueue(SplitQueue):
         walked = self._take()
         status = _pop(self._ring, self._memory_table, walked.native)
         if status == _CHAIN:
-            return self._chain(walked)
+            return self.chain_of(walked)
         if status == _EMPTY:
             self._free.append(walked)
             return None
@@ -258,7 +249,7 @@ class NativeSplitQueue(SplitQueue):
         walked = self.next_walk(kick_fd, wake_fd, notify)
         if type(walked) is int:
             return walked
-        return self._chain(walked)
+        return self.chain_of(walked)
 
     def next_walk(self, kick_fd: int, wake_fd: int, notify: bool) -> WalkedChain | int:
         """:meth:`next_chain`, without turning the walk into a chain yet: the caller either
@@ -288,10 +279,6 @@ class NativeSplitQueue(SplitQueue):
         if not copied:
             return None
         return walked.request[:copied], counters[4], walked.writable
-
-    def chain_of(self, walked: WalkedChain) -> DescriptorChain:
-        """The walked chain as a :class:`DescriptorChain` (as :meth:`next_chain` returns it)."""
-        return self._chain(walked)
 
     def complete(self, walked: WalkedChain, header: bytes, body: Any, in_place: int = 0) -> int:
         """Complete a walked chain with ``header`` then ``body`` (bytes-like) written across its
